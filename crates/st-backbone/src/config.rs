@@ -1,0 +1,238 @@
+//! `BertConfig`: the architecture, read straight from a Hugging Face `config.json`.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::BackboneError;
+
+/// The feed-forward activation named by `hidden_act`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HiddenAct {
+    /// Exact GELU, `x·Φ(x)` (Hugging Face `"gelu"`).
+    #[serde(rename = "gelu")]
+    Gelu,
+    /// The tanh approximation (Hugging Face `"gelu_new"`, `"gelu_pytorch_tanh"`).
+    #[serde(rename = "gelu_new", alias = "gelu_pytorch_tanh", alias = "gelu_fast")]
+    GeluApprox,
+    /// `max(0, x)`.
+    #[serde(rename = "relu")]
+    Relu,
+}
+
+/// A BERT architecture, field for field as Hugging Face writes it in `config.json`.
+///
+/// bert-base-uncased, all-MiniLM-L6-v2 and every other `BertModel` checkpoint share this shape;
+/// only the numbers differ. Fields absent from a `config.json` take BERT-base defaults, as in
+/// `transformers.BertConfig`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BertConfig {
+    /// Must be `"bert"`: other families (RoBERTa, DistilBERT, ...) differ in ways this model ignores.
+    #[serde(default = "default_model_type")]
+    pub model_type: String,
+    #[serde(default = "d_vocab")]
+    pub vocab_size: usize,
+    #[serde(default = "d_hidden")]
+    pub hidden_size: usize,
+    #[serde(default = "d_layers")]
+    pub num_hidden_layers: usize,
+    #[serde(default = "d_heads")]
+    pub num_attention_heads: usize,
+    #[serde(default = "d_intermediate")]
+    pub intermediate_size: usize,
+    #[serde(default = "d_act")]
+    pub hidden_act: HiddenAct,
+    #[serde(default = "d_dropout")]
+    pub hidden_dropout_prob: f64,
+    #[serde(default = "d_dropout")]
+    pub attention_probs_dropout_prob: f64,
+    #[serde(default = "d_positions")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "d_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "d_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub pad_token_id: usize,
+    /// Only `"absolute"` is supported.
+    #[serde(default = "d_position_type", skip_serializing_if = "Option::is_none")]
+    pub position_embedding_type: Option<String>,
+}
+
+fn default_model_type() -> String {
+    "bert".into()
+}
+fn d_vocab() -> usize {
+    30522
+}
+fn d_hidden() -> usize {
+    768
+}
+fn d_layers() -> usize {
+    12
+}
+fn d_heads() -> usize {
+    12
+}
+fn d_intermediate() -> usize {
+    3072
+}
+fn d_act() -> HiddenAct {
+    HiddenAct::Gelu
+}
+fn d_dropout() -> f64 {
+    0.1
+}
+fn d_positions() -> usize {
+    512
+}
+fn d_type_vocab() -> usize {
+    2
+}
+fn d_eps() -> f64 {
+    1e-12
+}
+fn d_position_type() -> Option<String> {
+    Some("absolute".into())
+}
+
+impl Default for BertConfig {
+    /// bert-base-uncased.
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("every field has a default")
+    }
+}
+
+impl BertConfig {
+    /// Reads and validates a Hugging Face `config.json`.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, BackboneError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| BackboneError::io(path, e))?;
+        Self::from_json(&text).map_err(|e| match e {
+            BackboneError::Config { message, .. } => BackboneError::Config {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates the text of a `config.json`.
+    pub fn from_json(text: &str) -> Result<Self, BackboneError> {
+        let config: Self = serde_json::from_str(text).map_err(|e| BackboneError::Config {
+            path: "config.json".into(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: the family and the arithmetic between fields.
+    pub fn validate(&self) -> Result<(), BackboneError> {
+        let fail = |message: String| {
+            Err(BackboneError::Config {
+                path: "config.json".into(),
+                message,
+            })
+        };
+        if self.model_type != "bert" {
+            return fail(format!(
+                "field `model_type` is \"{}\"; st-backbone implements \"bert\" only",
+                self.model_type
+            ));
+        }
+        if let Some(kind) = &self.position_embedding_type
+            && kind != "absolute"
+        {
+            return fail(format!(
+                "field `position_embedding_type` is \"{kind}\"; only \"absolute\" is supported"
+            ));
+        }
+        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+            return fail(format!(
+                "field `hidden_size` ({}) is not a multiple of `num_attention_heads` ({})",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        for (name, value) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("intermediate_size", self.intermediate_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("type_vocab_size", self.type_vocab_size),
+        ] {
+            if value == 0 {
+                return fail(format!("field `{name}` must be positive"));
+            }
+        }
+        Ok(())
+    }
+
+    /// A small random-weight BERT for tests and examples: 2 layers, hidden 32.
+    pub fn tiny(vocab_size: usize) -> Self {
+        Self {
+            vocab_size,
+            hidden_size: 32,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            intermediate_size: 64,
+            max_position_embeddings: 64,
+            ..Self::default()
+        }
+    }
+
+    /// Size of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minilm_config_parses() {
+        let json = r#"{"architectures":["BertModel"],"attention_probs_dropout_prob":0.1,
+            "gradient_checkpointing":false,"hidden_act":"gelu","hidden_dropout_prob":0.1,
+            "hidden_size":384,"initializer_range":0.02,"intermediate_size":1536,
+            "layer_norm_eps":1e-12,"max_position_embeddings":512,"model_type":"bert",
+            "num_attention_heads":12,"num_hidden_layers":6,"pad_token_id":0,
+            "position_embedding_type":"absolute","transformers_version":"4.8.2",
+            "type_vocab_size":2,"use_cache":true,"vocab_size":30522}"#;
+        let c = BertConfig::from_json(json).unwrap();
+        assert_eq!(c.hidden_size, 384);
+        assert_eq!(c.num_hidden_layers, 6);
+        assert_eq!(c.head_dim(), 32);
+        assert_eq!(c.hidden_act, HiddenAct::Gelu);
+    }
+
+    #[test]
+    fn defaults_are_bert_base() {
+        let c = BertConfig::default();
+        assert_eq!((c.hidden_size, c.num_hidden_layers, c.intermediate_size), (768, 12, 3072));
+    }
+
+    #[test]
+    fn other_families_are_refused_by_name() {
+        let err = BertConfig::from_json(r#"{"model_type":"roberta"}"#).unwrap_err();
+        assert!(err.to_string().contains("model_type"), "{err}");
+        assert!(err.to_string().contains("roberta"), "{err}");
+    }
+
+    #[test]
+    fn heads_must_divide_hidden() {
+        let err = BertConfig::from_json(r#"{"hidden_size":100,"num_attention_heads":12}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("num_attention_heads"), "{err}");
+    }
+
+    #[test]
+    fn gelu_new_is_the_tanh_form() {
+        let c = BertConfig::from_json(r#"{"hidden_act":"gelu_new"}"#).unwrap();
+        assert_eq!(c.hidden_act, HiddenAct::GeluApprox);
+        let err = BertConfig::from_json(r#"{"hidden_act":"swish"}"#).unwrap_err();
+        assert!(err.to_string().contains("swish"), "{err}");
+    }
+}

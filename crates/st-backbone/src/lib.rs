@@ -1,0 +1,71 @@
+//! # st-backbone
+//!
+//! A BERT encoder written in [Burn](https://burn.dev), generic over the backend, that loads real
+//! Hugging Face checkpoints and tokenizes text exactly as sentence-transformers does.
+//!
+//! - [`BertConfig`] is deserialized straight from a model's `config.json`
+//!   (bert-base-uncased, all-MiniLM-L6-v2 and every other `BertModel` share the architecture).
+//! - [`BertModel<B>`] is the encoder: embeddings, post-LN self-attention layers, optional pooler.
+//!   It loads `model.safetensors` or `pytorch_model.bin` with Hugging Face key names
+//!   ([`BertModel::from_pretrained`]) and can also be randomly initialized ([`BertConfig::init`]).
+//! - [`BertTokenizer`] wraps a `tokenizer.json` (or builds WordPiece from `vocab.txt`) with
+//!   per-batch padding and truncation at `max_seq_length`.
+//!
+//! The backend is a type parameter: `BertModel<Flex>` runs on the pure-Rust CPU backend,
+//! `BertModel<LibTorch>` or `BertModel<Wgpu>` on theirs, with no other change.
+//!
+//! ```
+//! use burn_flex::Flex;
+//! use st_backbone::{BertConfig, Encoded, TokenBatch};
+//!
+//! let device = Default::default();
+//! let model = BertConfig::tiny(100).init::<Flex>(false, &device);
+//! let rows = [Encoded { ids: vec![2, 7, 9, 3], type_ids: vec![0; 4], truncated: false }];
+//! let input = TokenBatch::pad(&rows.iter().collect::<Vec<_>>(), 0).to_input::<Flex>(&device);
+//! let hidden = model.forward(input);
+//! assert_eq!(hidden.dims(), [1, 4, 32]);
+//! ```
+
+mod config;
+mod model;
+mod tokenizer;
+mod weights;
+
+use std::path::{Path, PathBuf};
+
+pub use config::{BertConfig, HiddenAct};
+pub use model::{
+    BertAttention, BertEmbeddings, BertEncoder, BertInput, BertIntermediate, BertLayer,
+    BertModel, BertOutput, BertPooler, BertSelfAttention, BertSelfOutput,
+};
+pub use tokenizer::{BertTokenizer, Encoded, TokenBatch};
+pub use weights::{KEY_REMAPPING, find_weights};
+
+/// Everything that can go wrong loading or running a backbone. Each variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum BackboneError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: file not found ({hint})", path.display())]
+    MissingFile { path: PathBuf, hint: String },
+    #[error("{}: invalid model config: {message}", path.display())]
+    Config { path: PathBuf, message: String },
+    #[error("{}: cannot load weights: {message}", path.display())]
+    Weights { path: PathBuf, message: String },
+    #[error("{}: cannot load tokenizer: {message}", path.display())]
+    Tokenizer { path: PathBuf, message: String },
+    #[error("tokenization failed: {0}")]
+    Encode(String),
+}
+
+impl BackboneError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}

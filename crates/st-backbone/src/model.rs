@@ -1,0 +1,296 @@
+//! The whole BERT encoder in one file: embeddings, post-LN encoder layers, optional pooler.
+//!
+//! Field names follow Hugging Face's `BertModel` so checkpoint keys map one to one
+//! (`encoder.layer.3.attention.output.dense.weight`); the only renames are the ones Rust forces:
+//! `LayerNorm` → `layer_norm` and `attention.self` → `attention.self_attn` (see `weights.rs`).
+
+use burn::module::Module;
+use burn::nn::{
+    Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear,
+    LinearConfig,
+};
+use burn::tensor::activation::{relu, softmax, tanh};
+use burn::tensor::backend::Backend;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Int, Tensor};
+
+use crate::config::{BertConfig, HiddenAct};
+
+/// One batch of token ids, ready for the model. Rows are padded to the batch's longest input.
+#[derive(Debug, Clone)]
+pub struct BertInput<B: Backend> {
+    /// `[batch, seq]` token ids.
+    pub input_ids: Tensor<B, 2, Int>,
+    /// `[batch, seq]`, 1 for real tokens and 0 for padding.
+    pub attention_mask: Tensor<B, 2, Int>,
+    /// `[batch, seq]` segment ids; all zeros for single sentences.
+    pub token_type_ids: Tensor<B, 2, Int>,
+}
+
+/// What a forward pass returns.
+#[derive(Debug, Clone)]
+pub struct BertOutput<B: Backend> {
+    /// `[batch, seq, hidden]`: the token embeddings after the last layer.
+    pub last_hidden_state: Tensor<B, 3>,
+    /// The embedding output and every layer's output (`num_hidden_layers + 1` tensors), when
+    /// asked for with [`BertModel::forward_all`].
+    pub hidden_states: Option<Vec<Tensor<B, 3>>>,
+}
+
+/// Word + position + token-type embeddings, then LayerNorm and dropout.
+#[derive(Module, Debug)]
+pub struct BertEmbeddings<B: Backend> {
+    pub word_embeddings: Embedding<B>,
+    pub position_embeddings: Embedding<B>,
+    pub token_type_embeddings: Embedding<B>,
+    pub layer_norm: LayerNorm<B>,
+    pub dropout: Dropout,
+}
+
+impl<B: Backend> BertEmbeddings<B> {
+    pub fn forward(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        token_type_ids: Tensor<B, 2, Int>,
+    ) -> Tensor<B, 3> {
+        let [batch, seq] = input_ids.dims();
+        let device = input_ids.device();
+        let positions = Tensor::<B, 1, Int>::arange(0..seq as i64, &device)
+            .unsqueeze::<2>()
+            .expand([batch, seq]);
+        let embedded = self.word_embeddings.forward(input_ids)
+            + self.position_embeddings.forward(positions)
+            + self.token_type_embeddings.forward(token_type_ids);
+        self.dropout.forward(self.layer_norm.forward(embedded))
+    }
+}
+
+/// Multi-head scaled dot-product self-attention (`attention.self` in Hugging Face).
+#[derive(Module, Debug)]
+pub struct BertSelfAttention<B: Backend> {
+    pub query: Linear<B>,
+    pub key: Linear<B>,
+    pub value: Linear<B>,
+    pub dropout: Dropout,
+    #[module(skip)]
+    num_heads: usize,
+}
+
+impl<B: Backend> BertSelfAttention<B> {
+    /// `x`: `[batch, seq, hidden]`; `key_padding`: `[batch, seq]`, true where a key is padding.
+    pub fn forward(&self, x: Tensor<B, 3>, key_padding: Tensor<B, 2, Bool>) -> Tensor<B, 3> {
+        let [batch, seq, hidden] = x.dims();
+        let head_dim = hidden / self.num_heads;
+        let split = |t: Tensor<B, 3>| {
+            t.reshape([batch, seq, self.num_heads, head_dim])
+                .swap_dims(1, 2)
+        };
+        let q = split(self.query.forward(x.clone()));
+        let k = split(self.key.forward(x.clone()));
+        let v = split(self.value.forward(x));
+        let mask = key_padding
+            .reshape([batch, 1, 1, seq])
+            .expand([batch, self.num_heads, seq, seq]);
+
+        let context = if B::ad_enabled(&q.device()) && self.dropout.prob > 0.0 {
+            // Training: dropout on the attention probabilities, as BERT was trained. The fused
+            // kernel has no dropout, so spell the attention out.
+            let scores = q.matmul(k.swap_dims(2, 3)) / (head_dim as f64).sqrt();
+            let scores = scores.mask_fill(mask, f32::NEG_INFINITY);
+            let probs = self.dropout.forward(softmax(scores, 3));
+            probs.matmul(v)
+        } else {
+            attention(q, k, v, Some(mask), None, AttentionModuleOptions::default())
+        };
+        context.swap_dims(1, 2).reshape([batch, seq, hidden])
+    }
+}
+
+/// Projection after attention, dropout, residual, LayerNorm (`attention.output`).
+#[derive(Module, Debug)]
+pub struct BertSelfOutput<B: Backend> {
+    pub dense: Linear<B>,
+    pub layer_norm: LayerNorm<B>,
+    pub dropout: Dropout,
+}
+
+impl<B: Backend> BertSelfOutput<B> {
+    pub fn forward(&self, hidden: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
+        let projected = self.dropout.forward(self.dense.forward(hidden));
+        self.layer_norm.forward(projected + residual)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct BertAttention<B: Backend> {
+    pub self_attn: BertSelfAttention<B>,
+    pub output: BertSelfOutput<B>,
+}
+
+/// The feed-forward expansion: dense then activation.
+#[derive(Module, Debug)]
+pub struct BertIntermediate<B: Backend> {
+    pub dense: Linear<B>,
+    #[module(skip)]
+    act: HiddenAct,
+}
+
+impl<B: Backend> BertIntermediate<B> {
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let x = self.dense.forward(x);
+        match self.act {
+            HiddenAct::Gelu => burn::tensor::activation::gelu(x),
+            HiddenAct::GeluApprox => burn::tensor::activation::gelu_approximate(x),
+            HiddenAct::Relu => relu(x),
+        }
+    }
+}
+
+/// One post-LN transformer layer: attention block, then feed-forward block.
+#[derive(Module, Debug)]
+pub struct BertLayer<B: Backend> {
+    pub attention: BertAttention<B>,
+    pub intermediate: BertIntermediate<B>,
+    /// The feed-forward contraction; same shape as [`BertSelfOutput`].
+    pub output: BertSelfOutput<B>,
+}
+
+impl<B: Backend> BertLayer<B> {
+    pub fn forward(&self, x: Tensor<B, 3>, key_padding: Tensor<B, 2, Bool>) -> Tensor<B, 3> {
+        let attended = self.attention.self_attn.forward(x.clone(), key_padding);
+        let x = self.attention.output.forward(attended, x);
+        let expanded = self.intermediate.forward(x.clone());
+        self.output.forward(expanded, x)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct BertEncoder<B: Backend> {
+    /// Named `layer` (singular) to match Hugging Face keys: `encoder.layer.0...`.
+    pub layer: Vec<BertLayer<B>>,
+}
+
+/// `tanh(dense(h_cls))`: the next-sentence-prediction pooler some checkpoints carry.
+#[derive(Module, Debug)]
+pub struct BertPooler<B: Backend> {
+    pub dense: Linear<B>,
+}
+
+impl<B: Backend> BertPooler<B> {
+    pub fn forward(&self, last_hidden_state: Tensor<B, 3>) -> Tensor<B, 2> {
+        let [batch, _, hidden] = last_hidden_state.dims();
+        let cls = last_hidden_state.narrow(1, 0, 1).reshape([batch, hidden]);
+        tanh(self.dense.forward(cls))
+    }
+}
+
+/// A BERT encoder, generic over the Burn backend.
+#[derive(Module, Debug)]
+pub struct BertModel<B: Backend> {
+    pub embeddings: BertEmbeddings<B>,
+    pub encoder: BertEncoder<B>,
+    pub pooler: Option<BertPooler<B>>,
+}
+
+impl BertConfig {
+    /// A randomly initialized model of this shape (for training from scratch and for tests).
+    /// `with_pooler` adds the `tanh(dense(CLS))` pooler.
+    pub fn init<B: Backend>(&self, with_pooler: bool, device: &B::Device) -> BertModel<B> {
+        let h = self.hidden_size;
+        let linear = |i, o| LinearConfig::new(i, o).init(device);
+        let layer_norm = || {
+            LayerNormConfig::new(h)
+                .with_epsilon(self.layer_norm_eps)
+                .init(device)
+        };
+        let hidden_dropout = || DropoutConfig::new(self.hidden_dropout_prob).init();
+        let embeddings = BertEmbeddings {
+            word_embeddings: EmbeddingConfig::new(self.vocab_size, h).init(device),
+            position_embeddings: EmbeddingConfig::new(self.max_position_embeddings, h)
+                .init(device),
+            token_type_embeddings: EmbeddingConfig::new(self.type_vocab_size, h).init(device),
+            layer_norm: layer_norm(),
+            dropout: hidden_dropout(),
+        };
+        let layer = (0..self.num_hidden_layers)
+            .map(|_| BertLayer {
+                attention: BertAttention {
+                    self_attn: BertSelfAttention {
+                        query: linear(h, h),
+                        key: linear(h, h),
+                        value: linear(h, h),
+                        dropout: DropoutConfig::new(self.attention_probs_dropout_prob).init(),
+                        num_heads: self.num_attention_heads,
+                    },
+                    output: BertSelfOutput {
+                        dense: linear(h, h),
+                        layer_norm: layer_norm(),
+                        dropout: hidden_dropout(),
+                    },
+                },
+                intermediate: BertIntermediate {
+                    dense: linear(h, self.intermediate_size),
+                    act: self.hidden_act,
+                },
+                output: BertSelfOutput {
+                    dense: linear(self.intermediate_size, h),
+                    layer_norm: layer_norm(),
+                    dropout: hidden_dropout(),
+                },
+            })
+            .collect();
+        BertModel {
+            embeddings,
+            encoder: BertEncoder { layer },
+            pooler: with_pooler.then(|| BertPooler {
+                dense: linear(h, h),
+            }),
+        }
+    }
+}
+
+impl<B: Backend> BertModel<B> {
+    /// The last hidden state, `[batch, seq, hidden]`.
+    pub fn forward(&self, input: BertInput<B>) -> Tensor<B, 3> {
+        self.run(input, false).last_hidden_state
+    }
+
+    /// The last hidden state and the output of the embeddings and of every layer.
+    pub fn forward_all(&self, input: BertInput<B>) -> BertOutput<B> {
+        self.run(input, true)
+    }
+
+    fn run(&self, input: BertInput<B>, keep_all: bool) -> BertOutput<B> {
+        let key_padding = input.attention_mask.equal_elem(0);
+        let mut x = self
+            .embeddings
+            .forward(input.input_ids, input.token_type_ids);
+        let mut all = keep_all.then(|| vec![x.clone()]);
+        for layer in &self.encoder.layer {
+            x = layer.forward(x, key_padding.clone());
+            if let Some(all) = all.as_mut() {
+                all.push(x.clone());
+            }
+        }
+        BertOutput {
+            last_hidden_state: x,
+            hidden_states: all,
+        }
+    }
+
+    /// Number of encoder layers.
+    pub fn num_layers(&self) -> usize {
+        self.encoder.layer.len()
+    }
+
+    /// Width of the token embeddings.
+    pub fn hidden_size(&self) -> usize {
+        self.embeddings.word_embeddings.weight.dims()[1]
+    }
+
+    /// Largest sequence the position table covers.
+    pub fn max_positions(&self) -> usize {
+        self.embeddings.position_embeddings.weight.dims()[0]
+    }
+}

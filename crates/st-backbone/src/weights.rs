@@ -1,0 +1,149 @@
+//! Loading Hugging Face checkpoints (`model.safetensors`, `pytorch_model.bin`) into [`BertModel`].
+//!
+//! burn-store reads both formats in pure Rust. Its `PyTorchToBurnAdapter` transposes Linear
+//! weights (`[out, in]` in PyTorch) and maps LayerNorm `weight`/`bias` to `gamma`/`beta`; the key
+//! remapping below handles the few names Rust cannot spell.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use burn_store::{ApplyResult, ModuleSnapshot, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore};
+
+use crate::{BackboneError, BertConfig, BertModel};
+
+/// Hugging Face key → our module path. Applied in order to every key in the file.
+pub const KEY_REMAPPING: &[(&str, &str)] = &[
+    // BertFor* checkpoints nest the encoder under `bert.`.
+    (r"^bert\.", ""),
+    // Burn's LayerNorm calls its parameters gamma/beta. Old TF-converted checkpoints
+    // (bert-base-uncased's .bin) already say gamma/beta; newer ones say weight/bias.
+    (r"LayerNorm\.(weight|gamma)$", "layer_norm.gamma"),
+    (r"LayerNorm\.(bias|beta)$", "layer_norm.beta"),
+    (r"\.attention\.self\.", ".attention.self_attn."),
+];
+
+/// Keys a checkpoint may carry that are not encoder weights: buffers and task heads of other
+/// architectures (masked-LM `cls.`, sequence classification `classifier.`, QA `qa_outputs.`).
+fn is_ignorable(key: &str) -> bool {
+    key.ends_with("position_ids")
+        || key.starts_with("cls.")
+        || key.starts_with("classifier.")
+        || key.starts_with("qa_outputs.")
+}
+
+/// The checkpoint file in a model folder: `model.safetensors` first, else `pytorch_model.bin`.
+pub fn find_weights(dir: &Path) -> Result<PathBuf, BackboneError> {
+    for name in ["model.safetensors", "pytorch_model.bin"] {
+        let path = dir.join(name);
+        if path.is_file() {
+            return Ok(path);
+        }
+    }
+    Err(BackboneError::MissingFile {
+        path: dir.join("model.safetensors"),
+        hint: "expected model.safetensors or pytorch_model.bin in the model folder".into(),
+    })
+}
+
+enum Store {
+    Safetensors(SafetensorsStore),
+    Pytorch(PytorchStore),
+}
+
+impl Store {
+    fn open(path: &Path) -> Self {
+        let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
+        if is_safetensors {
+            let mut store = SafetensorsStore::from_file(path)
+                .with_from_adapter(PyTorchToBurnAdapter)
+                .allow_partial(true)
+                .validate(false);
+            for (from, to) in KEY_REMAPPING {
+                store = store.with_key_remapping(from, *to);
+            }
+            Store::Safetensors(store)
+        } else {
+            let mut store = PytorchStore::from_file(path)
+                .allow_partial(true)
+                .validate(false);
+            for (from, to) in KEY_REMAPPING {
+                store = store.with_key_remapping(from, *to);
+            }
+            Store::Pytorch(store)
+        }
+    }
+
+    fn keys(&mut self) -> Result<Vec<String>, String> {
+        use burn_store::ModuleStore;
+        match self {
+            Store::Safetensors(s) => s.keys().map_err(|e| e.to_string()),
+            Store::Pytorch(s) => s.keys().map_err(|e| e.to_string()),
+        }
+    }
+
+    fn apply<B: Backend>(&mut self, model: &mut BertModel<B>) -> Result<ApplyResult, String> {
+        match self {
+            Store::Safetensors(s) => model.load_from(s).map_err(|e| e.to_string()),
+            Store::Pytorch(s) => model.load_from(s).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+impl<B: Backend> BertModel<B> {
+    /// Loads `config.json` and the checkpoint from a Hugging Face model folder.
+    pub fn from_pretrained(
+        dir: impl AsRef<Path>,
+        device: &B::Device,
+    ) -> Result<(Self, BertConfig), BackboneError> {
+        let dir = dir.as_ref();
+        let config_path = dir.join("config.json");
+        if !config_path.is_file() {
+            return Err(BackboneError::MissingFile {
+                path: config_path,
+                hint: "a Hugging Face model folder holds config.json".into(),
+            });
+        }
+        let config = BertConfig::from_file(&config_path)?;
+        let weights = find_weights(dir)?;
+        let model = Self::from_checkpoint(&config, &weights, device)?;
+        Ok((model, config))
+    }
+
+    /// Builds a model of `config`'s shape and fills it from one checkpoint file. Every weight
+    /// must be present with the right shape; keys that are neither ours nor known head/buffer
+    /// keys are reported too, so a wrong file never loads silently.
+    pub fn from_checkpoint(
+        config: &BertConfig,
+        path: &Path,
+        device: &B::Device,
+    ) -> Result<Self, BackboneError> {
+        let fail = |message: String| BackboneError::Weights {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut store = Store::open(path);
+        let keys = store.keys().map_err(fail)?;
+        let with_pooler = keys.iter().any(|k| k.starts_with("pooler."));
+        let mut model = config.init::<B>(with_pooler, device);
+        let result = store.apply(&mut model).map_err(fail)?;
+
+        let mut problems = Vec::new();
+        for (key, _) in &result.missing {
+            problems.push(format!("missing: {key}"));
+        }
+        for err in &result.errors {
+            problems.push(format!("mismatch: {err}"));
+        }
+        for key in result.unused.iter().filter(|k| !is_ignorable(k)) {
+            problems.push(format!("unexpected: {key}"));
+        }
+        if !problems.is_empty() {
+            return Err(fail(format!(
+                "{} tensor(s) do not fit a BERT with this config.json:\n  {}",
+                problems.len(),
+                problems.join("\n  ")
+            )));
+        }
+        Ok(model)
+    }
+}

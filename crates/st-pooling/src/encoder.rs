@@ -1,0 +1,286 @@
+//! `SentenceEncoder`: tokenizer → BERT → pooling → Dense → Normalize, as one module.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+use serde::Deserialize;
+use st_backbone::{BertConfig, BertInput, BertModel, BertTokenizer, Encoded, TokenBatch};
+
+use crate::modules::{Dense, ModuleSpec, l2_normalize, read_modules};
+use crate::{Pooling, PoolingError, PoolingMode};
+
+/// Truncation length when a model says nothing (BERT's position table is 512 long).
+pub const DEFAULT_MAX_SEQ_LENGTH: usize = 512;
+
+/// `sentence_bert_config.json`.
+#[derive(Debug, Clone, Default, Deserialize)]
+struct SentenceBertConfig {
+    max_seq_length: Option<usize>,
+    #[serde(default)]
+    do_lower_case: bool,
+}
+
+/// How [`SentenceEncoder::encode_with`] batches its inputs.
+pub struct EncodeOptions<'a> {
+    /// Sentences per forward pass.
+    pub batch_size: usize,
+    /// Called after each batch with the number of sentences it held.
+    pub on_batch: Option<&'a dyn Fn(usize)>,
+}
+
+impl Default for EncodeOptions<'_> {
+    fn default() -> Self {
+        Self {
+            batch_size: 32,
+            on_batch: None,
+        }
+    }
+}
+
+/// The result of encoding: one embedding per input, in input order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncodeOutput {
+    pub embeddings: Vec<Vec<f32>>,
+    /// Indices of inputs longer than `max_seq_length`, which were truncated.
+    pub truncated: Vec<usize>,
+}
+
+/// A sentence-transformers model: a BERT, a pooling, and the modules after it.
+#[derive(Module, Debug)]
+pub struct SentenceEncoder<B: Backend> {
+    pub bert: BertModel<B>,
+    /// Dense layers after pooling, in pipeline order.
+    pub dense: Vec<Dense<B>>,
+    #[module(skip)]
+    pub pooling: Pooling,
+    #[module(skip)]
+    pub normalize: bool,
+    #[module(skip)]
+    pub tokenizer: BertTokenizer,
+    #[module(skip)]
+    pub bert_config: BertConfig,
+    /// Lower-case text before tokenizing (`do_lower_case` in `sentence_bert_config.json`).
+    #[module(skip)]
+    pub lowercase: bool,
+}
+
+impl<B: Backend> SentenceEncoder<B> {
+    /// Loads a model folder. With a `modules.json` (a sentence-transformers folder), its pipeline
+    /// is followed exactly; without one (a plain Hugging Face model) the BERT is followed by mean
+    /// pooling, as sentence-transformers does.
+    pub fn from_dir(dir: impl AsRef<Path>, device: &B::Device) -> Result<Self, PoolingError> {
+        let dir = dir.as_ref();
+        if !dir.is_dir() {
+            return Err(PoolingError::MissingFile(dir.to_path_buf()));
+        }
+        let specs = read_modules(dir)?
+            .unwrap_or_else(|| vec![ModuleSpec::Transformer(dir.to_path_buf())]);
+        let ModuleSpec::Transformer(transformer_dir) = &specs[0] else {
+            unreachable!("read_modules checks the first module");
+        };
+        let st_config_path = transformer_dir.join("sentence_bert_config.json");
+        let st_config: SentenceBertConfig = if st_config_path.is_file() {
+            crate::read_json(&st_config_path)?
+        } else {
+            SentenceBertConfig::default()
+        };
+        let (bert, bert_config) = BertModel::<B>::from_pretrained(transformer_dir, device)?;
+        let max_len = st_config
+            .max_seq_length
+            .unwrap_or(DEFAULT_MAX_SEQ_LENGTH)
+            .min(bert_config.max_position_embeddings);
+        let tokenizer = BertTokenizer::from_dir(transformer_dir, max_len)?;
+
+        let mut pooling = None;
+        let mut dense = Vec::new();
+        let mut normalize = false;
+        for spec in &specs[1..] {
+            if normalize && !matches!(spec, ModuleSpec::Normalize) {
+                return Err(PoolingError::Invalid {
+                    path: dir.join("modules.json"),
+                    message: "only Normalize may follow Normalize".into(),
+                });
+            }
+            match spec {
+                ModuleSpec::Transformer(_) => {
+                    return Err(PoolingError::Invalid {
+                        path: dir.join("modules.json"),
+                        message: "a second Transformer module is not supported".into(),
+                    });
+                }
+                ModuleSpec::Pooling(path) => pooling = Some(Pooling::from_file(path)?),
+                ModuleSpec::Dense(folder) => dense.push(Dense::from_dir(folder, device)?),
+                ModuleSpec::Normalize => normalize = true,
+            }
+        }
+        let pooling = match pooling {
+            Some(p) => p,
+            None => Pooling::new([PoolingMode::Mean], bert_config.hidden_size)?,
+        };
+        let encoder = Self {
+            bert,
+            dense,
+            pooling,
+            normalize,
+            tokenizer,
+            bert_config,
+            lowercase: st_config.do_lower_case,
+        };
+        encoder.check_widths()?;
+        Ok(encoder)
+    }
+
+    /// Assembles an encoder from parts (a random BERT for tests, or one built in code).
+    pub fn new(
+        bert: BertModel<B>,
+        bert_config: BertConfig,
+        tokenizer: BertTokenizer,
+        pooling: Pooling,
+        normalize: bool,
+    ) -> Result<Self, PoolingError> {
+        let encoder = Self {
+            bert,
+            dense: Vec::new(),
+            pooling,
+            normalize,
+            tokenizer,
+            bert_config,
+            lowercase: false,
+        };
+        encoder.check_widths()?;
+        Ok(encoder)
+    }
+
+    fn check_widths(&self) -> Result<(), PoolingError> {
+        let hidden = self.bert_config.hidden_size;
+        if self.pooling.word_embedding_dimension != hidden {
+            return Err(PoolingError::Shape(format!(
+                "pooling reads {}-wide token embeddings but the model's hidden_size is {hidden}",
+                self.pooling.word_embedding_dimension
+            )));
+        }
+        let mut width = self.pooling.output_dim();
+        for (i, d) in self.dense.iter().enumerate() {
+            let inputs = d.linear.weight.dims()[0];
+            if inputs != width {
+                return Err(PoolingError::Shape(format!(
+                    "Dense module {i} expects {inputs} inputs but receives {width}"
+                )));
+            }
+            width = d.out_features();
+        }
+        Ok(())
+    }
+
+    /// Replaces the pooling (e.g. `--pooling cls`). Fails when a Dense layer after it expects
+    /// another width.
+    pub fn with_pooling(mut self, modes: &[PoolingMode]) -> Result<Self, PoolingError> {
+        self.pooling = Pooling::new(modes.iter().copied(), self.bert_config.hidden_size)?;
+        self.check_widths()?;
+        Ok(self)
+    }
+
+    /// Turns the final L2 normalization on or off.
+    pub fn with_normalize(mut self, normalize: bool) -> Self {
+        self.normalize = normalize;
+        self
+    }
+
+    /// Changes the truncation length (capped by the model's position table).
+    pub fn with_max_seq_length(mut self, max_len: usize) -> Result<Self, PoolingError> {
+        let max_len = max_len.min(self.bert_config.max_position_embeddings);
+        self.tokenizer = BertTokenizer::new(self.tokenizer.inner().clone(), max_len)?;
+        Ok(self)
+    }
+
+    /// Truncation length in tokens, special tokens included.
+    pub fn max_seq_length(&self) -> usize {
+        self.tokenizer.max_len()
+    }
+
+    /// Width of the final embedding.
+    pub fn embedding_dim(&self) -> usize {
+        self.dense
+            .last()
+            .map(|d| d.out_features())
+            .unwrap_or_else(|| self.pooling.output_dim())
+    }
+
+    /// Tokenizes texts (unpadded), applying the model's lower-casing.
+    pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Encoded>, PoolingError> {
+        if self.lowercase {
+            let lowered: Vec<String> = texts.iter().map(|t| t.to_lowercase()).collect();
+            let refs: Vec<&str> = lowered.iter().map(String::as_str).collect();
+            Ok(self.tokenizer.encode(&refs)?)
+        } else {
+            Ok(self.tokenizer.encode(texts)?)
+        }
+    }
+
+    /// Pools token embeddings and applies the modules after pooling.
+    pub fn pool(&self, tokens: Tensor<B, 3>, mask: Tensor<B, 2, burn::tensor::Int>) -> Tensor<B, 2> {
+        let mut x = self.pooling.forward(tokens, mask);
+        for d in &self.dense {
+            x = d.forward(x);
+        }
+        if self.normalize { l2_normalize(x) } else { x }
+    }
+
+    /// Sentence embeddings for one padded batch, `[batch, dim]`. Differentiable: training uses it.
+    pub fn forward(&self, input: BertInput<B>) -> Tensor<B, 2> {
+        let mask = input.attention_mask.clone();
+        let tokens = self.bert.forward(input);
+        self.pool(tokens, mask)
+    }
+
+    /// Encodes texts with default options (batch size 32).
+    pub fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, PoolingError> {
+        Ok(self
+            .encode_with(texts, &EncodeOptions::default())?
+            .embeddings)
+    }
+
+    /// Encodes texts: tokenizes all, sorts by length so each batch pads little, runs the batches,
+    /// and returns embeddings in input order.
+    pub fn encode_with(
+        &self,
+        texts: &[&str],
+        options: &EncodeOptions,
+    ) -> Result<EncodeOutput, PoolingError> {
+        let encoded = self.tokenize(texts)?;
+        let truncated = encoded
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.truncated)
+            .map(|(i, _)| i)
+            .collect();
+        let mut order: Vec<usize> = (0..encoded.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(encoded[i].ids.len()));
+
+        let device = self.bert.devices().into_iter().next().unwrap_or_default();
+        let dim = self.embedding_dim();
+        let mut embeddings = vec![Vec::new(); texts.len()];
+        for chunk in order.chunks(options.batch_size.max(1)) {
+            let rows: Vec<&Encoded> = chunk.iter().map(|&i| &encoded[i]).collect();
+            let batch = TokenBatch::pad(&rows, self.tokenizer.pad_id());
+            let out = self.forward(batch.to_input::<B>(&device));
+            let values = out
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .map_err(|e| PoolingError::Shape(format!("{e:?}")))?;
+            for (row, &i) in values.chunks(dim).zip(chunk) {
+                embeddings[i] = row.to_vec();
+            }
+            if let Some(callback) = options.on_batch {
+                callback(chunk.len());
+            }
+        }
+        Ok(EncodeOutput {
+            embeddings,
+            truncated,
+        })
+    }
+}
