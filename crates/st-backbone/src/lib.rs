@@ -35,11 +35,11 @@ use std::path::{Path, PathBuf};
 
 pub use config::{BertConfig, HiddenAct};
 pub use model::{
-    BertAttention, BertEmbeddings, BertEncoder, BertInput, BertIntermediate, BertLayer,
-    BertModel, BertOutput, BertPooler, BertSelfAttention, BertSelfOutput,
+    BertAttention, BertEmbeddings, BertEncoder, BertInput, BertIntermediate, BertLayer, BertModel,
+    BertOutput, BertPooler, BertSelfAttention, BertSelfOutput,
 };
 pub use tokenizer::{BertTokenizer, Encoded, TokenBatch};
-pub use weights::{KEY_REMAPPING, find_weights};
+pub use weights::{KEY_REMAPPING, find_weights, write_atomic};
 
 /// Everything that can go wrong loading or running a backbone. Each variant names the file.
 #[derive(Debug, thiserror::Error)]

@@ -89,9 +89,10 @@ impl<B: Backend> BertSelfAttention<B> {
         let q = split(self.query.forward(x.clone()));
         let k = split(self.key.forward(x.clone()));
         let v = split(self.value.forward(x));
-        let mask = key_padding
-            .reshape([batch, 1, 1, seq])
-            .expand([batch, self.num_heads, seq, seq]);
+        let mask =
+            key_padding
+                .reshape([batch, 1, 1, seq])
+                .expand([batch, self.num_heads, seq, seq]);
 
         let context = if B::ad_enabled(&q.device()) && self.dropout.prob > 0.0 {
             // Training: dropout on the attention probabilities, as BERT was trained. The fused
@@ -207,8 +208,7 @@ impl BertConfig {
         let hidden_dropout = || DropoutConfig::new(self.hidden_dropout_prob).init();
         let embeddings = BertEmbeddings {
             word_embeddings: EmbeddingConfig::new(self.vocab_size, h).init(device),
-            position_embeddings: EmbeddingConfig::new(self.max_position_embeddings, h)
-                .init(device),
+            position_embeddings: EmbeddingConfig::new(self.max_position_embeddings, h).init(device),
             token_type_embeddings: EmbeddingConfig::new(self.type_vocab_size, h).init(device),
             layer_norm: layer_norm(),
             dropout: hidden_dropout(),

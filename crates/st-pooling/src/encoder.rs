@@ -75,8 +75,8 @@ impl<B: Backend> SentenceEncoder<B> {
         if !dir.is_dir() {
             return Err(PoolingError::MissingFile(dir.to_path_buf()));
         }
-        let specs = read_modules(dir)?
-            .unwrap_or_else(|| vec![ModuleSpec::Transformer(dir.to_path_buf())]);
+        let specs =
+            read_modules(dir)?.unwrap_or_else(|| vec![ModuleSpec::Transformer(dir.to_path_buf())]);
         let ModuleSpec::Transformer(transformer_dir) = &specs[0] else {
             unreachable!("read_modules checks the first module");
         };
@@ -220,7 +220,11 @@ impl<B: Backend> SentenceEncoder<B> {
     }
 
     /// Pools token embeddings and applies the modules after pooling.
-    pub fn pool(&self, tokens: Tensor<B, 3>, mask: Tensor<B, 2, burn::tensor::Int>) -> Tensor<B, 2> {
+    pub fn pool(
+        &self,
+        tokens: Tensor<B, 3>,
+        mask: Tensor<B, 2, burn::tensor::Int>,
+    ) -> Tensor<B, 2> {
         let mut x = self.pooling.forward(tokens, mask);
         for d in &self.dense {
             x = d.forward(x);

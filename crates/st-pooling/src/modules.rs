@@ -85,12 +85,16 @@ impl<B: Backend> Dense<B> {
                 .with_from_adapter(PyTorchToBurnAdapter)
                 .allow_partial(true)
                 .validate(false);
-            dense.load_from(&mut store).map_err(|e| fail(e.to_string()))?
+            dense
+                .load_from(&mut store)
+                .map_err(|e| fail(e.to_string()))?
         } else {
             let mut store = PytorchStore::from_file(&weights)
                 .allow_partial(true)
                 .validate(false);
-            dense.load_from(&mut store).map_err(|e| fail(e.to_string()))?
+            dense
+                .load_from(&mut store)
+                .map_err(|e| fail(e.to_string()))?
         };
         let mut problems: Vec<String> = result
             .missing
@@ -240,7 +244,10 @@ mod tests {
         )
         .unwrap();
         let err = read_modules(&dir).unwrap_err().to_string();
-        assert!(err.contains("LSTM") && err.contains("modules.json"), "{err}");
+        assert!(
+            err.contains("LSTM") && err.contains("modules.json"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -253,10 +260,14 @@ mod tests {
             activation_function: DenseActivation::Tanh,
         };
         let mut dense = Dense::<Flex>::new(&config, &device);
-        dense.linear.weight = dense.linear.weight.map(|_| {
-            Tensor::from_data(TensorData::new(vec![1.0f32, 2.0], [2, 1]), &device)
-        });
-        dense.linear.bias = dense.linear.bias.map(|b| b.map(|_| Tensor::zeros([1], &device)));
+        dense.linear.weight = dense
+            .linear
+            .weight
+            .map(|_| Tensor::from_data(TensorData::new(vec![1.0f32, 2.0], [2, 1]), &device));
+        dense.linear.bias = dense
+            .linear
+            .bias
+            .map(|b| b.map(|_| Tensor::zeros([1], &device)));
         let x = Tensor::<Flex, 2>::from_data(TensorData::new(vec![0.5f32, 0.25], [1, 2]), &device);
         let y = dense.forward(x).into_data().to_vec::<f32>().unwrap();
         assert!((y[0] - 1f32.tanh()).abs() < 1e-6, "{y:?}");

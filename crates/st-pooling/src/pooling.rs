@@ -63,7 +63,10 @@ impl PoolingMode {
             PoolingMode::Cls => squeeze(tokens.narrow(1, 0, 1)),
             PoolingMode::Max => {
                 // Same fill value as sentence-transformers, so an all-padding row agrees too.
-                let padding = mask.equal_elem(0).unsqueeze_dim::<3>(2).expand([batch, seq, hidden]);
+                let padding = mask
+                    .equal_elem(0)
+                    .unsqueeze_dim::<3>(2)
+                    .expand([batch, seq, hidden]);
                 squeeze(tokens.mask_fill(padding, -1e9).max_dim(1))
             }
             PoolingMode::Mean | PoolingMode::MeanSqrtLenTokens => {
@@ -190,7 +193,10 @@ impl Pooling {
                 file.pooling_mode_mean_sqrt_len_tokens,
                 PoolingMode::MeanSqrtLenTokens,
             ),
-            (file.pooling_mode_weightedmean_tokens, PoolingMode::WeightedMean),
+            (
+                file.pooling_mode_weightedmean_tokens,
+                PoolingMode::WeightedMean,
+            ),
             (file.pooling_mode_lasttoken, PoolingMode::LastToken),
         ];
         Self::new(
@@ -229,7 +235,11 @@ impl Pooling {
     }
 
     /// `[batch, seq, hidden]` tokens and `[batch, seq]` mask → `[batch, hidden × modes]`.
-    pub fn forward<B: Backend>(&self, tokens: Tensor<B, 3>, mask: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+    pub fn forward<B: Backend>(
+        &self,
+        tokens: Tensor<B, 3>,
+        mask: Tensor<B, 2, Int>,
+    ) -> Tensor<B, 2> {
         let pooled: Vec<Tensor<B, 2>> = self
             .modes
             .iter()
@@ -272,8 +282,10 @@ mod tests {
             ),
             &device,
         );
-        let mask =
-            Tensor::<B, 2, Int>::from_data(TensorData::new(vec![1i64, 1, 1, 1, 1, 0], [2, 3]), &device);
+        let mask = Tensor::<B, 2, Int>::from_data(
+            TensorData::new(vec![1i64, 1, 1, 1, 1, 0], [2, 3]),
+            &device,
+        );
         (tokens, mask)
     }
 
@@ -344,7 +356,10 @@ mod tests {
             assert_eq!(m.name().parse::<PoolingMode>().unwrap(), m);
         }
         let err = "median".parse::<PoolingMode>().unwrap_err().to_string();
-        assert!(err.contains("median") && err.contains("weightedmean"), "{err}");
+        assert!(
+            err.contains("median") && err.contains("weightedmean"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -26,7 +26,9 @@ struct Reference {
 impl Reference {
     fn tensor(&self, name: &str) -> (Vec<usize>, Vec<f32>) {
         let st = safetensors::SafeTensors::deserialize(&self.tensors).unwrap();
-        let view = st.tensor(name).unwrap_or_else(|_| panic!("fixture has no tensor {name}"));
+        let view = st
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("fixture has no tensor {name}"));
         let values = view
             .data()
             .chunks_exact(4)
@@ -82,7 +84,10 @@ fn encoder() -> &'static SentenceEncoder<B> {
             Ok(dir) => PathBuf::from(dir),
             Err(_) => st_hub::resolve(st_hub::DEFAULT_MODEL, &mut |m| eprintln!("{m}"))
                 .unwrap_or_else(|e| {
-                    panic!("{e}\nfetch it with: cargo xtask download {}", st_hub::DEFAULT_MODEL)
+                    panic!(
+                        "{e}\nfetch it with: cargo xtask download {}",
+                        st_hub::DEFAULT_MODEL
+                    )
                 }),
         };
         SentenceEncoder::from_dir(&dir, &Default::default()).unwrap()
@@ -96,7 +101,11 @@ fn texts() -> Vec<&'static str> {
 /// Cosine and max |diff| of two equal-length vectors; panics past the thresholds.
 fn assert_parity(what: &str, got: &[f32], want: &[f32]) {
     assert_eq!(got.len(), want.len(), "{what}: length");
-    let dot: f64 = got.iter().zip(want).map(|(a, b)| *a as f64 * *b as f64).sum();
+    let dot: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| *a as f64 * *b as f64)
+        .sum();
     let na: f64 = got.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
     let nb: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum::<f64>().sqrt();
     let cosine = (dot / (na * nb).max(1e-30)) as f32;
@@ -172,7 +181,10 @@ fn final_embeddings_match_python() {
     for (i, (g, w)) in got.iter().zip(want.chunks(384)).enumerate() {
         assert_parity(&format!("embedding {i}"), g, w);
         let norm: f32 = g.iter().map(|x| x * x).sum::<f32>().sqrt();
-        assert!((norm - 1.0).abs() < 1e-5, "embedding {i} is not unit length: {norm}");
+        assert!(
+            (norm - 1.0).abs() < 1e-5,
+            "embedding {i} is not unit length: {norm}"
+        );
     }
 }
 
@@ -190,6 +202,10 @@ fn batch_size_and_order_do_not_change_embeddings() {
     let rev = enc.encode(&reversed).unwrap();
     let n = texts.len();
     for i in 0..n {
-        assert_parity(&format!("batch 3 vs 32, sentence {i}"), &small[i], &rev[n - 1 - i]);
+        assert_parity(
+            &format!("batch 3 vs 32, sentence {i}"),
+            &small[i],
+            &rev[n - 1 - i],
+        );
     }
 }

@@ -1,0 +1,303 @@
+//! The `st` binary end to end, on the real all-MiniLM-L6-v2 (fetched on first use).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+fn model_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        st_hub::resolve(st_hub::DEFAULT_MODEL, &mut |m| eprintln!("{m}")).unwrap_or_else(|e| {
+            panic!(
+                "{e}\nfetch it with: cargo xtask download {}",
+                st_hub::DEFAULT_MODEL
+            )
+        })
+    })
+}
+
+/// `../shared/datasets` beside the repository, or `$ST_DATASETS`.
+fn datasets() -> PathBuf {
+    let dir = std::env::var_os("ST_DATASETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/datasets"));
+    assert!(
+        dir.join("stsb/sts-test.csv").is_file(),
+        "STS Benchmark not found under {}: set ST_DATASETS to the folder holding stsb/",
+        dir.display()
+    );
+    dir
+}
+
+fn st(args: &[&str]) -> Output {
+    st_with_stdin(args, None)
+}
+
+fn st_with_stdin(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_st"))
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(bytes) = stdin {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(bytes).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "st panicked: {stderr}");
+    out
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "st failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn failed(out: &Output) -> String {
+    assert!(!out.status.success(), "st should have failed");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn lines(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn model() -> &'static str {
+    model_dir().to_str().unwrap()
+}
+
+#[test]
+fn encode_writes_one_line_per_input_in_order() {
+    let texts = [
+        "A man is eating food.",
+        "",
+        "   ",
+        "Café 🍕",
+        "A man is riding a horse.",
+    ];
+    let mut args = vec!["encode", "--model", model(), "--batch-size", "2"];
+    args.extend(texts);
+    let out = lines(&ok(&st(&args)));
+    assert_eq!(out.len(), texts.len());
+    for (line, text) in out.iter().zip(texts) {
+        assert_eq!(line["text"], text);
+        let emb = line["embedding"].as_array().unwrap();
+        assert_eq!(emb.len(), 384);
+        let norm: f64 = emb
+            .iter()
+            .map(|v| v.as_f64().unwrap().powi(2))
+            .sum::<f64>()
+            .sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "{text:?}: norm {norm}");
+    }
+}
+
+#[test]
+fn jsonl_input_keeps_tabs_and_newlines_and_output_file_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(
+        &input,
+        "{\"text\": \"a\\tb\"}\n{\"text\": \"line one\\nline two\"}\n",
+    )
+    .unwrap();
+    let output = dir.path().join("out.jsonl");
+    let stdout = ok(&st(&[
+        "encode",
+        "--model",
+        model(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]));
+    assert!(stdout.is_empty(), "data went to the file, not stdout");
+    let out = lines(&std::fs::read_to_string(&output).unwrap());
+    assert_eq!(out[0]["text"], "a\tb");
+    assert_eq!(out[1]["text"], "line one\nline two");
+    // No temporary file left behind.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+}
+
+#[test]
+fn stdin_plain_text_is_read_line_by_line() {
+    let out = lines(&ok(&st_with_stdin(
+        &["encode", "--model", model(), "--input", "-"],
+        Some(b"first\nsecond\n"),
+    )));
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[1]["text"], "second");
+}
+
+#[test]
+fn overlong_inputs_warn_once() {
+    let long = "word ".repeat(600);
+    let out = st(&["encode", "--model", model(), &long, &long, "short"]);
+    ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("warning:").count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("2 input(s) longer than 256 tokens"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn pooling_and_normalize_flags_change_the_output() {
+    let out = lines(&ok(&st(&[
+        "encode",
+        "--model",
+        model(),
+        "--pooling",
+        "cls,max",
+        "--no-normalize",
+        "hello",
+    ])));
+    let emb = out[0]["embedding"].as_array().unwrap();
+    assert_eq!(emb.len(), 768);
+    let norm: f64 = emb
+        .iter()
+        .map(|v| v.as_f64().unwrap().powi(2))
+        .sum::<f64>()
+        .sqrt();
+    assert!((norm - 1.0).abs() > 0.1, "not normalized: {norm}");
+}
+
+#[test]
+fn invalid_utf8_is_an_error_naming_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, b"fine\nbroken \xff\n").unwrap();
+    let err = failed(&st(&[
+        "encode",
+        "--model",
+        model(),
+        "--input",
+        input.to_str().unwrap(),
+    ]));
+    assert!(err.contains("in.txt:2") && err.contains("UTF-8"), "{err}");
+}
+
+#[test]
+fn missing_or_corrupt_model_files_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(model_dir()).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() && entry.file_name() != "model.safetensors" {
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+        }
+    }
+    let copy = dir.path().to_str().unwrap();
+    let err = failed(&st(&["encode", "--model", copy, "x"]));
+    assert!(err.contains("model.safetensors"), "{err}");
+
+    std::fs::write(
+        dir.path().join("model.safetensors"),
+        b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage",
+    )
+    .unwrap();
+    let err = failed(&st(&["encode", "--model", copy, "x"]));
+    assert!(err.contains("model.safetensors"), "{err}");
+
+    std::fs::write(
+        dir.path().join("config.json"),
+        b"{\"model_type\": \"bert\", \"hidden_size\": ",
+    )
+    .unwrap();
+    let err = failed(&st(&["encode", "--model", copy, "x"]));
+    assert!(err.contains("config.json"), "{err}");
+}
+
+#[test]
+fn similarity_finds_the_seed_neighbours() {
+    let stdout = ok(&st(&[
+        "similarity",
+        "--model",
+        model(),
+        "A man is eating food.",
+        "A man is eating a piece of bread.",
+        "The girl is carrying a baby.",
+        "A man is riding a horse.",
+        "A woman is playing violin.",
+        "Two men pushed carts through the woods.",
+    ]));
+    let rows: Vec<&str> = stdout.lines().skip(1).collect();
+    assert_eq!(rows.len(), 6);
+    assert!(rows[0].trim_end().ends_with("[2]"), "{stdout}");
+    assert!(rows[1].trim_end().ends_with("[1]"), "{stdout}");
+    assert!(rows[0].contains("0.755"), "food vs bread ≈ 0.755: {stdout}");
+}
+
+#[test]
+fn sts_benchmark_matches_the_published_score() {
+    let data = datasets().join("stsb/sts-test.csv");
+    let stdout = ok(&st(&[
+        "eval",
+        "sts",
+        "--model",
+        model(),
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+    ]));
+    let result: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let score = result["spearman_cosine"].as_f64().unwrap();
+    assert_eq!(result["pairs"], 1379);
+    assert!(
+        (score - 82.03).abs() <= 0.1,
+        "Spearman ×100 = {score}, published 82.03"
+    );
+}
+
+#[test]
+fn info_describes_the_model() {
+    let stdout = ok(&st(&["info", "--model", model(), "--json"]));
+    let info: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(info["layers"], 6);
+    assert_eq!(info["hidden_size"], 384);
+    assert_eq!(info["parameters"], 22_713_216);
+    assert_eq!(info["pooling"], "mean");
+    assert_eq!(info["normalize"], true);
+    assert_eq!(info["max_seq_length"], 256);
+}
+
+#[test]
+fn bad_flags_fail_with_a_message_not_a_panic() {
+    let err = failed(&st(&[
+        "encode",
+        "--model",
+        model(),
+        "--pooling",
+        "median",
+        "x",
+    ]));
+    assert!(
+        err.contains("median") && err.contains("weightedmean"),
+        "{err}"
+    );
+    let err = failed(&st(&[
+        "encode",
+        "--model",
+        model(),
+        "--batch-size",
+        "0",
+        "x",
+    ]));
+    assert!(err.contains("--batch-size"), "{err}");
+    let err = failed(&st(&["encode", "--model", "./no/such/dir", "x"]));
+    assert!(err.contains("./no/such/dir"), "{err}");
+}
