@@ -148,7 +148,9 @@ impl BertConfig {
                 "field `position_embedding_type` is \"{kind}\"; only \"absolute\" is supported"
             ));
         }
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return fail(format!(
                 "field `hidden_size` ({}) is not a multiple of `num_attention_heads` ({})",
                 self.hidden_size, self.num_attention_heads
