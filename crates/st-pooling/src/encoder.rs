@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use burn::module::Module;
-use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor};
 use serde::Deserialize;
 use st_backbone::{BertConfig, BertInput, BertModel, BertTokenizer, Encoded, TokenBatch};
 
@@ -220,16 +220,27 @@ impl<B: Backend> SentenceEncoder<B> {
     }
 
     /// Pools token embeddings and applies the modules after pooling.
-    pub fn pool(
-        &self,
-        tokens: Tensor<B, 3>,
-        mask: Tensor<B, 2, burn::tensor::Int>,
-    ) -> Tensor<B, 2> {
+    pub fn pool(&self, tokens: Tensor<B, 3>, mask: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+        let x = self.pool_unnormalized(tokens, mask);
+        if self.normalize { l2_normalize(x) } else { x }
+    }
+
+    /// Pooling and Dense layers, without the final normalization: the features task heads read
+    /// (a unit-length vector would shrink every logit).
+    pub fn pool_unnormalized(&self, tokens: Tensor<B, 3>, mask: Tensor<B, 2, Int>) -> Tensor<B, 2> {
         let mut x = self.pooling.forward(tokens, mask);
         for d in &self.dense {
             x = d.forward(x);
         }
-        if self.normalize { l2_normalize(x) } else { x }
+        x
+    }
+
+    /// Token embeddings and the (unnormalized) pooled sentence features of one batch.
+    pub fn features(&self, input: BertInput<B>) -> (Tensor<B, 3>, Tensor<B, 2>) {
+        let mask = input.attention_mask.clone();
+        let tokens = self.bert.forward(input);
+        let pooled = self.pool_unnormalized(tokens.clone(), mask);
+        (tokens, pooled)
     }
 
     /// Sentence embeddings for one padded batch, `[batch, dim]`. Differentiable: training uses it.
