@@ -64,6 +64,9 @@ pub struct SentenceEncoder<B: Backend> {
     /// Lower-case text before tokenizing (`do_lower_case` in `sentence_bert_config.json`).
     #[module(skip)]
     pub lowercase: bool,
+    /// The folder the transformer was loaded from: tokenizer files are copied from it on save.
+    #[module(skip)]
+    pub source_dir: Option<std::path::PathBuf>,
 }
 
 impl<B: Backend> SentenceEncoder<B> {
@@ -127,6 +130,7 @@ impl<B: Backend> SentenceEncoder<B> {
             tokenizer,
             bert_config,
             lowercase: st_config.do_lower_case,
+            source_dir: Some(transformer_dir.clone()),
         };
         encoder.check_widths()?;
         Ok(encoder)
@@ -148,6 +152,7 @@ impl<B: Backend> SentenceEncoder<B> {
             tokenizer,
             bert_config,
             lowercase: false,
+            source_dir: None,
         };
         encoder.check_widths()?;
         Ok(encoder)
@@ -297,5 +302,98 @@ impl<B: Backend> SentenceEncoder<B> {
             embeddings,
             truncated,
         })
+    }
+}
+
+/// Tokenizer files copied verbatim into a saved model when the source folder has them.
+const TOKENIZER_FILES: &[&str] = &[
+    "tokenizer.json",
+    "vocab.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+];
+
+impl<B: Backend> SentenceEncoder<B> {
+    /// Saves a sentence-transformers folder that Python `SentenceTransformer(dir)` and
+    /// [`SentenceEncoder::from_dir`] both load: `config.json`, `model.safetensors` (Hugging Face
+    /// key names), tokenizer files, `sentence_bert_config.json`, `modules.json`,
+    /// `1_Pooling/config.json`, `N_Dense/` folders and `N_Normalize/`. Each file is written
+    /// atomically.
+    pub fn save_pretrained(&self, dir: &Path) -> Result<(), PoolingError> {
+        let io = |path: &Path, e: std::io::Error| PoolingError::Invalid {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        self.bert.save_pretrained(&self.bert_config, dir)?;
+        let mut copied = false;
+        if let Some(src) = &self.source_dir {
+            for name in TOKENIZER_FILES {
+                let from = src.join(name);
+                if from.is_file() && src != dir {
+                    let bytes = std::fs::read(&from).map_err(|e| io(&from, e))?;
+                    st_backbone::write_atomic(&dir.join(name), &bytes)?;
+                    copied |= *name == "tokenizer.json";
+                }
+            }
+        }
+        if !copied && !dir.join("tokenizer.json").is_file() {
+            let path = dir.join("tokenizer.json");
+            let text =
+                self.tokenizer
+                    .inner()
+                    .to_string(true)
+                    .map_err(|e| PoolingError::Invalid {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    })?;
+            st_backbone::write_atomic(&path, text.as_bytes())?;
+        }
+        let json = |value: serde_json::Value| {
+            serde_json::to_string_pretty(&value).expect("json serializes") + "\n"
+        };
+        st_backbone::write_atomic(
+            &dir.join("sentence_bert_config.json"),
+            json(serde_json::json!({
+                "max_seq_length": self.max_seq_length(),
+                "do_lower_case": self.lowercase,
+            }))
+            .as_bytes(),
+        )?;
+        let mut modules = vec![serde_json::json!({
+            "idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"
+        })];
+        let pooling_dir = dir.join("1_Pooling");
+        std::fs::create_dir_all(&pooling_dir).map_err(|e| io(&pooling_dir, e))?;
+        st_backbone::write_atomic(
+            &pooling_dir.join("config.json"),
+            json(serde_json::to_value(self.pooling.to_config_file()).expect("serializes"))
+                .as_bytes(),
+        )?;
+        modules.push(serde_json::json!({
+            "idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"
+        }));
+        for dense in &self.dense {
+            let idx = modules.len();
+            let name = format!("{idx}_Dense");
+            dense.save_dir(&dir.join(&name))?;
+            modules.push(serde_json::json!({
+                "idx": idx, "name": idx.to_string(), "path": name, "type": "sentence_transformers.models.Dense"
+            }));
+        }
+        if self.normalize {
+            let idx = modules.len();
+            let name = format!("{idx}_Normalize");
+            let path = dir.join(&name);
+            std::fs::create_dir_all(&path).map_err(|e| io(&path, e))?;
+            modules.push(serde_json::json!({
+                "idx": idx, "name": idx.to_string(), "path": name, "type": "sentence_transformers.models.Normalize"
+            }));
+        }
+        st_backbone::write_atomic(
+            &dir.join("modules.json"),
+            json(serde_json::Value::Array(modules)).as_bytes(),
+        )?;
+        Ok(())
     }
 }

@@ -8,7 +8,9 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::Tensor;
 use burn::tensor::activation::{gelu, relu, sigmoid, tanh};
 use burn::tensor::backend::Backend;
-use burn_store::{ModuleSnapshot, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore};
+use burn_store::{
+    BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::PoolingError;
@@ -107,6 +109,36 @@ impl<B: Backend> Dense<B> {
             return Err(fail(problems.join("; ")));
         }
         Ok(dense)
+    }
+
+    /// Writes a `Dense` folder as sentence-transformers does: `config.json` and
+    /// `model.safetensors` with the key `linear.weight` (`[out, in]`).
+    pub fn save_dir(&self, dir: &Path) -> Result<(), PoolingError> {
+        std::fs::create_dir_all(dir).map_err(|e| PoolingError::Invalid {
+            path: dir.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let [in_features, out_features] = self.linear.weight.dims();
+        let config = DenseConfigFile {
+            in_features,
+            out_features,
+            bias: self.linear.bias.is_some(),
+            activation_function: self.activation,
+        };
+        let text = serde_json::to_string_pretty(&config).expect("config serializes");
+        st_backbone::write_atomic(&dir.join("config.json"), text.as_bytes())?;
+        let path = dir.join("model.safetensors");
+        let tmp = dir.join(".model.safetensors.tmp");
+        let mut store = SafetensorsStore::from_file(&tmp).with_to_adapter(BurnToPyTorchAdapter);
+        self.save_into(&mut store)
+            .map_err(|e| PoolingError::Invalid {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        std::fs::rename(&tmp, &path).map_err(|e| PoolingError::Invalid {
+            path: path.clone(),
+            message: e.to_string(),
+        })
     }
 
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {

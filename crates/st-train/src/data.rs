@@ -1,0 +1,646 @@
+//! Labelled examples: our multi-task JSONL format and readers for public datasets.
+//!
+//! Every reader keeps where each example came from, so a bad line or an unknown label is reported
+//! as `file:line`, never skipped silently.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
+
+/// A label for one task on one example.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Label {
+    /// Sentence classification: one class name.
+    Class(String),
+    /// Token classification: one IOB2 tag per word.
+    Tags(Vec<String>),
+}
+
+/// One labelled text. Examples may carry labels for some tasks only (partial labels).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    pub text: String,
+    /// The words, for examples with token labels (then `text` is the words joined by spaces).
+    pub words: Option<Vec<String>>,
+    pub labels: BTreeMap<String, Label>,
+    pub file: Arc<PathBuf>,
+    pub line: usize,
+}
+
+impl Example {
+    /// `file:line` of this example.
+    pub fn origin(&self) -> String {
+        format!("{}:{}", self.file.display(), self.line)
+    }
+}
+
+/// Dataset formats st reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// st's own format: `{"text": ..., "labels": {"task": "label"}}` or
+    /// `{"tokens": [...], "labels": {"task": ["O", "B-X", ...]}}`, one object per line.
+    Jsonl,
+    /// SST-2 TSV (`sentence<TAB>label`, header), labels 0/1 → negative/positive. Task `sentiment`.
+    Sst2,
+    /// TREC (`COARSE:fine question`, latin-1), coarse labels. Task `topic`.
+    Trec,
+    /// TREC with the 50 fine labels (`COARSE:fine`). Task `topic`.
+    TrecFine,
+    /// BANKING77 CSV (`text,category`, RFC 4180 quoting). Task `intent`.
+    Banking77,
+    /// SNIPS split folder (`seq.in`, `seq.out`, `label`). Tasks `intent` and `slots`.
+    Snips,
+    /// WNUT-17 CoNLL (`token<TAB>tag`, blank line between sentences). Task `ner`.
+    Wnut17,
+}
+
+impl Format {
+    /// Guesses the format from a path: `.jsonl` files, SNIPS folders, and the public file names.
+    pub fn guess(path: &Path) -> Option<Format> {
+        let name = path.file_name()?.to_string_lossy().to_lowercase();
+        let full = path.to_string_lossy().to_lowercase();
+        if name.ends_with(".jsonl") {
+            Some(Format::Jsonl)
+        } else if path.join("seq.in").is_file() {
+            Some(Format::Snips)
+        } else if full.contains("sst2") && name.ends_with(".tsv") {
+            Some(Format::Sst2)
+        } else if name.ends_with(".label") {
+            Some(Format::Trec)
+        } else if full.contains("banking77") && name.ends_with(".csv") {
+            Some(Format::Banking77)
+        } else if name.ends_with(".conll") || full.contains("wnut17") {
+            Some(Format::Wnut17)
+        } else {
+            None
+        }
+    }
+}
+
+/// Where to read a dataset and how.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataSpec {
+    pub path: PathBuf,
+    /// Format; guessed from the path when absent.
+    #[serde(default)]
+    pub format: Option<Format>,
+    /// Renames tasks of the format (`{"sentiment" = "task_b"}`).
+    #[serde(default)]
+    pub rename: BTreeMap<String, String>,
+    /// Read at most this many examples (the first ones), e.g. for quick runs.
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+impl DataSpec {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            format: None,
+            rename: BTreeMap::new(),
+            limit: None,
+        }
+    }
+}
+
+fn err(path: &Path, line: usize, message: impl Into<String>) -> TrainError {
+    TrainError::Data {
+        path: path.to_path_buf(),
+        line,
+        message: message.into(),
+    }
+}
+
+fn read_utf8(path: &Path) -> Result<String, TrainError> {
+    let bytes = std::fs::read(path).map_err(|e| err(path, 0, e.to_string()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let line = e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+        err(path, line, "invalid UTF-8")
+    })
+}
+
+/// Reads a dataset. Every example's task names pass through `spec.rename`.
+pub fn load(spec: &DataSpec) -> Result<Vec<Example>, TrainError> {
+    let path = &spec.path;
+    let format = match spec.format.or_else(|| Format::guess(path)) {
+        Some(f) => f,
+        None => {
+            return Err(err(
+                path,
+                0,
+                "cannot tell the dataset format from the name: set `format` \
+                 (jsonl, sst2, trec, trec_fine, banking77, snips, wnut17)",
+            ));
+        }
+    };
+    if !path.exists() {
+        return Err(err(path, 0, "no such file or folder"));
+    }
+    let mut examples = match format {
+        Format::Jsonl => read_jsonl(path)?,
+        Format::Sst2 => read_sst2(path)?,
+        Format::Trec => read_trec(path, false)?,
+        Format::TrecFine => read_trec(path, true)?,
+        Format::Banking77 => read_banking77(path)?,
+        Format::Snips => read_snips(path)?,
+        Format::Wnut17 => read_conll(path, "ner")?,
+    };
+    if let Some(n) = spec.limit {
+        examples.truncate(n);
+    }
+    if !spec.rename.is_empty() {
+        for ex in &mut examples {
+            ex.labels = std::mem::take(&mut ex.labels)
+                .into_iter()
+                .map(|(task, label)| (spec.rename.get(&task).cloned().unwrap_or(task), label))
+                .collect();
+        }
+    }
+    if examples.is_empty() {
+        return Err(err(path, 0, "no examples"));
+    }
+    Ok(examples)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonRecord {
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    tokens: Option<Vec<String>>,
+    /// Shorthand for a single token task named `tags`.
+    #[serde(default)]
+    tags: Option<Vec<String>>,
+    #[serde(default)]
+    labels: BTreeMap<String, serde_json::Value>,
+}
+
+fn read_jsonl(path: &Path) -> Result<Vec<Example>, TrainError> {
+    let text = read_utf8(path)?;
+    let file = Arc::new(path.to_path_buf());
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let rec: JsonRecord =
+            serde_json::from_str(line).map_err(|e| err(path, n, format!("invalid record: {e}")))?;
+        let mut labels = BTreeMap::new();
+        for (task, value) in rec.labels {
+            let label = match value {
+                serde_json::Value::String(s) => Label::Class(s),
+                serde_json::Value::Number(x) => Label::Class(x.to_string()),
+                serde_json::Value::Bool(b) => Label::Class(b.to_string()),
+                serde_json::Value::Array(items) => Label::Tags(
+                    items
+                        .into_iter()
+                        .map(|v| match v {
+                            serde_json::Value::String(s) => Ok(s),
+                            other => Err(err(
+                                path,
+                                n,
+                                format!("task `{task}`: tag {other} is not a string"),
+                            )),
+                        })
+                        .collect::<Result<_, _>>()?,
+                ),
+                serde_json::Value::Null => continue, // explicitly unlabelled
+                other => {
+                    return Err(err(
+                        path,
+                        n,
+                        format!("task `{task}`: label {other} must be a string or a list of tags"),
+                    ));
+                }
+            };
+            labels.insert(task, label);
+        }
+        if let Some(tags) = rec.tags {
+            labels.insert("tags".into(), Label::Tags(tags));
+        }
+        let (text, words) = match (rec.text, rec.tokens) {
+            (_, Some(words)) => (words.join(" "), Some(words)),
+            (Some(text), None) => (text, None),
+            (None, None) => return Err(err(path, n, "record has neither `text` nor `tokens`")),
+        };
+        for (task, label) in &labels {
+            if let Label::Tags(tags) = label {
+                let Some(words) = &words else {
+                    return Err(err(
+                        path,
+                        n,
+                        format!("task `{task}` has tags but the record has no `tokens`"),
+                    ));
+                };
+                if tags.len() != words.len() {
+                    return Err(err(
+                        path,
+                        n,
+                        format!(
+                            "task `{task}`: {} tags for {} tokens",
+                            tags.len(),
+                            words.len()
+                        ),
+                    ));
+                }
+            }
+        }
+        out.push(Example {
+            text,
+            words,
+            labels,
+            file: file.clone(),
+            line: n,
+        });
+    }
+    Ok(out)
+}
+
+fn single(task: &str, label: String) -> BTreeMap<String, Label> {
+    BTreeMap::from([(task.to_string(), Label::Class(label))])
+}
+
+fn read_sst2(path: &Path) -> Result<Vec<Example>, TrainError> {
+    let text = read_utf8(path)?;
+    let file = Arc::new(path.to_path_buf());
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        if n == 1 && line.starts_with("sentence") || line.trim().is_empty() {
+            continue;
+        }
+        let (sentence, label) = line
+            .rsplit_once('\t')
+            .ok_or_else(|| err(path, n, "expected `sentence<TAB>label`"))?;
+        let label = match label.trim() {
+            "0" => "negative",
+            "1" => "positive",
+            other => return Err(err(path, n, format!("label `{other}` is not 0 or 1"))),
+        };
+        out.push(Example {
+            text: sentence.trim().to_string(),
+            words: None,
+            labels: single("sentiment", label.into()),
+            file: file.clone(),
+            line: n,
+        });
+    }
+    Ok(out)
+}
+
+fn read_trec(path: &Path, fine: bool) -> Result<Vec<Example>, TrainError> {
+    // TREC's training file is latin-1: every byte is one character.
+    let bytes = std::fs::read(path).map_err(|e| err(path, 0, e.to_string()))?;
+    let text: String = bytes.iter().map(|&b| b as char).collect();
+    let file = Arc::new(path.to_path_buf());
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (label, question) = line
+            .split_once(' ')
+            .ok_or_else(|| err(path, n, "expected `COARSE:fine question`"))?;
+        let (coarse, _) = label
+            .split_once(':')
+            .ok_or_else(|| err(path, n, format!("label `{label}` is not COARSE:fine")))?;
+        out.push(Example {
+            text: question.trim().to_string(),
+            words: None,
+            labels: single("topic", if fine { label } else { coarse }.to_string()),
+            file: file.clone(),
+            line: n,
+        });
+    }
+    Ok(out)
+}
+
+/// Splits RFC 4180 CSV into records of fields, with the line each record starts on.
+fn parse_csv(text: &str, path: &Path) -> Result<Vec<(usize, Vec<String>)>, TrainError> {
+    let mut records = Vec::new();
+    let mut field = String::new();
+    let mut fields = Vec::new();
+    let mut chars = text.chars().peekable();
+    let (mut line, mut start) = (1, 1);
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                field.push('"');
+                chars.next();
+            }
+            (true, '"') => quoted = false,
+            (true, c) => {
+                if c == '\n' {
+                    line += 1;
+                }
+                field.push(c);
+            }
+            (false, '"') if field.is_empty() => quoted = true,
+            (false, ',') => fields.push(std::mem::take(&mut field)),
+            (false, '\r') => {}
+            (false, '\n') => {
+                fields.push(std::mem::take(&mut field));
+                records.push((start, std::mem::take(&mut fields)));
+                line += 1;
+                start = line;
+            }
+            (false, c) => field.push(c),
+        }
+    }
+    if quoted {
+        return Err(err(path, start, "unterminated quoted field"));
+    }
+    if !field.is_empty() || !fields.is_empty() {
+        fields.push(field);
+        records.push((start, fields));
+    }
+    Ok(records)
+}
+
+fn read_banking77(path: &Path) -> Result<Vec<Example>, TrainError> {
+    let text = read_utf8(path)?;
+    let file = Arc::new(path.to_path_buf());
+    let mut out = Vec::new();
+    for (k, (n, fields)) in parse_csv(&text, path)?.into_iter().enumerate() {
+        if k == 0 && fields.first().is_some_and(|f| f == "text") {
+            continue;
+        }
+        if fields.len() == 1 && fields[0].is_empty() {
+            continue;
+        }
+        let [text, category] = fields.as_slice() else {
+            return Err(err(
+                path,
+                n,
+                format!("expected 2 fields (text,category), found {}", fields.len()),
+            ));
+        };
+        out.push(Example {
+            text: text.clone(),
+            words: None,
+            labels: single("intent", category.clone()),
+            file: file.clone(),
+            line: n,
+        });
+    }
+    Ok(out)
+}
+
+fn read_snips(dir: &Path) -> Result<Vec<Example>, TrainError> {
+    let seq_in = dir.join("seq.in");
+    let seq_out = dir.join("seq.out");
+    let label = dir.join("label");
+    let (words, tags, intents) = (
+        read_utf8(&seq_in)?,
+        read_utf8(&seq_out)?,
+        read_utf8(&label)?,
+    );
+    let (words, tags, intents): (Vec<&str>, Vec<&str>, Vec<&str>) = (
+        words.lines().collect(),
+        tags.lines().collect(),
+        intents.lines().collect(),
+    );
+    if words.len() != tags.len() || words.len() != intents.len() {
+        return Err(err(
+            dir,
+            0,
+            format!(
+                "seq.in, seq.out and label have {}, {} and {} lines",
+                words.len(),
+                tags.len(),
+                intents.len()
+            ),
+        ));
+    }
+    let file = Arc::new(seq_in.clone());
+    let mut out = Vec::new();
+    for (i, ((w, t), intent)) in words.iter().zip(&tags).zip(&intents).enumerate() {
+        let n = i + 1;
+        let w: Vec<String> = w.split_whitespace().map(String::from).collect();
+        let t: Vec<String> = t.split_whitespace().map(String::from).collect();
+        if w.len() != t.len() {
+            return Err(err(
+                &seq_out,
+                n,
+                format!("{} tags for {} words", t.len(), w.len()),
+            ));
+        }
+        out.push(Example {
+            text: w.join(" "),
+            labels: BTreeMap::from([
+                (
+                    "intent".to_string(),
+                    Label::Class(intent.trim().to_string()),
+                ),
+                ("slots".to_string(), Label::Tags(t)),
+            ]),
+            words: Some(w),
+            file: file.clone(),
+            line: n,
+        });
+    }
+    Ok(out)
+}
+
+fn read_conll(path: &Path, task: &str) -> Result<Vec<Example>, TrainError> {
+    let text = read_utf8(path)?;
+    let file = Arc::new(path.to_path_buf());
+    let mut out = Vec::new();
+    let (mut words, mut tags, mut start) = (Vec::new(), Vec::new(), 1);
+    let mut flush = |words: &mut Vec<String>, tags: &mut Vec<String>, start: usize| {
+        if !words.is_empty() {
+            out.push(Example {
+                text: words.join(" "),
+                labels: BTreeMap::from([(task.to_string(), Label::Tags(std::mem::take(tags)))]),
+                words: Some(std::mem::take(words)),
+                file: file.clone(),
+                line: start,
+            });
+        }
+    };
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        if line.trim().is_empty() {
+            flush(&mut words, &mut tags, start);
+            start = n + 1;
+            continue;
+        }
+        let (word, tag) = line
+            .split_once('\t')
+            .ok_or_else(|| err(path, n, "expected `token<TAB>tag`"))?;
+        // Some WNUT tokens carry a byte-order mark; it is not part of the word.
+        let word = word.replace('\u{feff}', "");
+        words.push(if word.is_empty() { "_".into() } else { word });
+        tags.push(tag.trim().to_string());
+    }
+    flush(&mut words, &mut tags, start);
+    Ok(out)
+}
+
+/// The label set of each task in `examples`, sorted. Token tasks include every tag seen.
+pub fn label_sets(examples: &[Example]) -> BTreeMap<String, (bool, BTreeSet<String>)> {
+    let mut sets: BTreeMap<String, (bool, BTreeSet<String>)> = BTreeMap::new();
+    for ex in examples {
+        for (task, label) in &ex.labels {
+            let entry = sets
+                .entry(task.clone())
+                .or_insert_with(|| (matches!(label, Label::Tags(_)), BTreeSet::new()));
+            match label {
+                Label::Class(c) => {
+                    entry.1.insert(c.clone());
+                }
+                Label::Tags(t) => entry.1.extend(t.iter().cloned()),
+            }
+        }
+    }
+    sets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &[u8]) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn jsonl_partial_labels_and_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "d.jsonl",
+            br#"{"text": "great match", "labels": {"topic": "sports", "sentiment": "positive"}}
+{"text": "stocks fell", "labels": {"topic": "business"}}
+
+{"tokens": ["Ann", "runs"], "labels": {"ner": ["B-PER", "O"]}}
+"#,
+        );
+        let ex = load(&DataSpec::new(&p)).unwrap();
+        assert_eq!(ex.len(), 3);
+        assert_eq!(ex[1].labels.len(), 1);
+        assert_eq!(ex[2].text, "Ann runs");
+        assert_eq!(ex[2].line, 4);
+        let sets = label_sets(&ex);
+        assert_eq!(
+            sets["ner"],
+            (true, BTreeSet::from(["B-PER".into(), "O".into()]))
+        );
+    }
+
+    #[test]
+    fn jsonl_errors_name_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "d.jsonl",
+            b"{\"text\": \"a\"}\n{\"txt\": \"b\"}\n",
+        );
+        let e = load(&DataSpec::new(&p)).unwrap_err().to_string();
+        assert!(e.contains("d.jsonl:2") && e.contains("txt"), "{e}");
+        let p = write(
+            dir.path(),
+            "t.jsonl",
+            b"{\"tokens\": [\"a\"], \"labels\": {\"ner\": [\"O\", \"O\"]}}\n",
+        );
+        let e = load(&DataSpec::new(&p)).unwrap_err().to_string();
+        assert!(
+            e.contains("t.jsonl:1") && e.contains("2 tags for 1 tokens"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn csv_handles_quotes_and_crlf() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "banking77.csv",
+            b"text,category\r\n\"Hi, \"\"card\"\" late?\",card_arrival\r\nplain,other\r\n",
+        );
+        let ex = load(&DataSpec {
+            format: Some(Format::Banking77),
+            ..DataSpec::new(&p)
+        })
+        .unwrap();
+        assert_eq!(ex[0].text, "Hi, \"card\" late?");
+        assert_eq!(ex[0].labels["intent"], Label::Class("card_arrival".into()));
+        assert_eq!(ex[1].line, 3);
+    }
+
+    #[test]
+    fn trec_reads_latin1_and_coarse_or_fine_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "x.label",
+            b"NUM:dist How far is Caf\xe9 ?\nHUM:ind Who ?\n",
+        );
+        let ex = load(&DataSpec::new(&p)).unwrap();
+        assert_eq!(ex[0].text, "How far is Café ?");
+        assert_eq!(ex[0].labels["topic"], Label::Class("NUM".into()));
+        let fine = load(&DataSpec {
+            format: Some(Format::TrecFine),
+            ..DataSpec::new(&p)
+        })
+        .unwrap();
+        assert_eq!(fine[1].labels["topic"], Label::Class("HUM:ind".into()));
+    }
+
+    #[test]
+    fn sst2_rejects_unknown_labels_by_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "sst2.tsv",
+            b"sentence\tlabel\ngood fun \t1\nmeh \t7\n",
+        );
+        let e = load(&DataSpec {
+            format: Some(Format::Sst2),
+            ..DataSpec::new(&p)
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("sst2.tsv:3") && e.contains("`7`"), "{e}");
+    }
+
+    #[test]
+    fn conll_strips_bom_and_splits_sentences() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "w.conll",
+            "\u{feff}Ann\tB-person\nruns\tO\n\nok\tO\n".as_bytes(),
+        );
+        let ex = load(&DataSpec::new(&p)).unwrap();
+        assert_eq!(ex.len(), 2);
+        assert_eq!(ex[0].words.as_ref().unwrap()[0], "Ann");
+        assert_eq!(ex[1].line, 4);
+    }
+
+    #[test]
+    fn rename_and_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "x.label", b"NUM:dist a ?\nHUM:ind b ?\n");
+        let spec = DataSpec {
+            rename: BTreeMap::from([("topic".into(), "task_a".into())]),
+            limit: Some(1),
+            ..DataSpec::new(&p)
+        };
+        let ex = load(&spec).unwrap();
+        assert_eq!(ex.len(), 1);
+        assert!(ex[0].labels.contains_key("task_a"));
+    }
+}

@@ -1,0 +1,73 @@
+//! # st-train
+//!
+//! Multi-task fine-tuning of a [`st_pooling::SentenceEncoder`] with named heads
+//! ([`st_heads::MultiTaskModel`]), generic over Burn's `AutodiffBackend`.
+//!
+//! - [`data`]: st's multi-task JSONL format (partial labels allowed) and readers for SST-2, TREC,
+//!   BANKING77, SNIPS (intent + slots), WNUT-17; errors name `file:line`.
+//! - [`multitask`]: task sampling (round-robin, proportional, temperature) and loss weighting
+//!   (static, uncertainty weighting, Dynamic Weight Average).
+//! - [`groups`]: parameter groups (embeddings, each layer, pooler, each head) with layer-wise
+//!   learning-rate decay ([`LayerwiseLrDecay`]) and per-path overrides.
+//! - [`freeze`]: freezing (all, backbone, embeddings, bottom k layers, named heads) and gradual
+//!   unfreezing.
+//! - [`schedule`]: warm-up then linear or cosine decay.
+//! - [`trainer`]: the loop ([`train`]), evaluation, best checkpoint, early stopping.
+//! - [`metrics`]: accuracy, macro-F1, entity-level F1, Spearman.
+//!
+//! burn 0.21's optimizer takes one learning rate per `step`; st-train splits the gradients by
+//! group and steps each group with its own rate, sharing one optimizer state. AdamW is set to
+//! PyTorch's meaning: epsilon 1e-8, decoupled weight decay 0.01 (none on biases and LayerNorm),
+//! and gradient clipping by the *global* norm (burn's `GradientClipping::Norm` clips each tensor
+//! on its own, so st-train does not use it).
+
+pub mod data;
+pub mod freeze;
+pub mod groups;
+pub mod metrics;
+pub mod multitask;
+pub mod schedule;
+pub mod trainer;
+
+use std::path::{Path, PathBuf};
+
+pub use data::{DataSpec, Example, Format, Label};
+pub use freeze::{Freeze, FreezePlan, GradualUnfreeze, Unit};
+pub use groups::{LayerwiseLrDecay, LrOverride, ParamGroup};
+pub use multitask::{Sampling, Weighting};
+pub use schedule::Decay;
+pub use trainer::{Event, TaskOptions, TrainConfig, TrainSummary, load_trained, train};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{}:{line}: {message}", path.display())]
+    Data {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid training config: {0}")]
+    Config(String),
+    #[error("training diverged: {0}")]
+    Diverged(String),
+    #[error(transparent)]
+    Model(#[from] st_pooling::PoolingError),
+    #[error(transparent)]
+    Backbone(#[from] st_backbone::BackboneError),
+    #[error(transparent)]
+    Heads(#[from] st_heads::HeadError),
+}
+
+impl TrainError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Task sampling and loss weighting across tasks.
+
+use std::collections::BTreeMap;
+
+use burn::module::{Module, Param};
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+use serde::{Deserialize, Serialize};
+
+/// A small deterministic generator (SplitMix64): runs repeat exactly for a seed, and any step's
+/// draws can be recomputed from `(seed, step)` without replaying the run.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+
+    /// A generator for one step of a run.
+    pub fn for_step(seed: u64, stream: u64, step: u64) -> Self {
+        let mut r = Self::new(seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03));
+        r.0 ^= step.wrapping_mul(0x94D0_49BB_1331_11EB);
+        r.next_u64();
+        r
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_f64() * n as f64) as usize % n.max(1)
+    }
+
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = self.below(i + 1);
+            items.swap(i, j);
+        }
+    }
+}
+
+/// Which data source the next batch comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "strategy")]
+pub enum Sampling {
+    /// Sources in turn.
+    RoundRobin,
+    /// Probability proportional to the source's size.
+    Proportional,
+    /// Probability ∝ size^(1/T): T=1 is proportional, large T approaches uniform.
+    Temperature { t: f64 },
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Sampling::Proportional
+    }
+}
+
+impl Sampling {
+    /// Sampling probabilities for sources of these sizes.
+    pub fn probabilities(&self, sizes: &[usize]) -> Vec<f64> {
+        let raw: Vec<f64> = match self {
+            Sampling::RoundRobin => sizes.iter().map(|_| 1.0).collect(),
+            Sampling::Proportional => sizes.iter().map(|&n| n as f64).collect(),
+            Sampling::Temperature { t } => {
+                sizes.iter().map(|&n| (n as f64).powf(1.0 / t)).collect()
+            }
+        };
+        let total: f64 = raw.iter().sum();
+        raw.iter().map(|x| x / total).collect()
+    }
+
+    /// The source of the batch at `step`.
+    pub fn pick(&self, sizes: &[usize], step: usize, rng: &mut Rng) -> usize {
+        if let Sampling::RoundRobin = self {
+            return step % sizes.len();
+        }
+        let p = self.probabilities(sizes);
+        let mut u = rng.next_f64();
+        for (i, pi) in p.iter().enumerate() {
+            if u < *pi {
+                return i;
+            }
+            u -= pi;
+        }
+        sizes.len() - 1
+    }
+}
+
+/// How task losses combine into one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "method")]
+pub enum Weighting {
+    /// Fixed weights per task (missing tasks weigh 1).
+    Static {
+        #[serde(default)]
+        weights: BTreeMap<String, f64>,
+    },
+    /// Kendall et al. 2018: a learned log-variance `s` per task; loss `Σ exp(-s)·L + s`.
+    Uncertainty,
+    /// Liu et al. 2019, Dynamic Weight Average: `w ∝ exp(r/T)`, `r = L(e-1)/L(e-2)` per epoch,
+    /// scaled so the weights sum to the number of tasks.
+    Dwa {
+        #[serde(default = "two")]
+        temperature: f64,
+    },
+}
+
+fn two() -> f64 {
+    2.0
+}
+
+impl Default for Weighting {
+    fn default() -> Self {
+        Weighting::Static {
+            weights: BTreeMap::new(),
+        }
+    }
+}
+
+/// Learned log-variances for uncertainty weighting, one per task.
+#[derive(Module, Debug)]
+pub struct UncertaintyWeights<B: Backend> {
+    pub log_vars: Param<Tensor<B, 1>>,
+}
+
+impl<B: Backend> UncertaintyWeights<B> {
+    pub fn new(tasks: usize, device: &B::Device) -> Self {
+        Self {
+            log_vars: Param::from_tensor(Tensor::zeros([tasks], device)),
+        }
+    }
+
+    /// `exp(-s_t)·L_t + s_t` for task `t`.
+    pub fn weigh(&self, task: usize, loss: Tensor<B, 1>) -> Tensor<B, 1> {
+        let s = self.log_vars.val().narrow(0, task, 1);
+        (-s.clone()).exp() * loss + s
+    }
+
+    /// The effective weights `exp(-s)`.
+    pub fn weights(&self) -> Vec<f64> {
+        self.log_vars
+            .val()
+            .neg()
+            .exp()
+            .into_data()
+            .convert::<f64>()
+            .to_vec::<f64>()
+            .unwrap_or_default()
+    }
+}
+
+/// Dynamic Weight Average state: the mean loss of each task in the last two epochs.
+#[derive(Debug, Clone, Default)]
+pub struct DwaState {
+    pub history: Vec<Vec<f64>>,
+}
+
+impl DwaState {
+    /// Weights for the coming epoch; 1 for each task until two epochs are known.
+    pub fn weights(&self, tasks: usize, temperature: f64) -> Vec<f64> {
+        let n = self.history.len();
+        if n < 2 {
+            return vec![1.0; tasks];
+        }
+        let (prev, before) = (&self.history[n - 1], &self.history[n - 2]);
+        let r: Vec<f64> = (0..tasks)
+            .map(|t| prev[t] / before[t].max(1e-12))
+            .map(|r| (r / temperature).exp())
+            .collect();
+        let total: f64 = r.iter().sum();
+        r.iter().map(|x| tasks as f64 * x / total).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_probabilities() {
+        let sizes = [100, 900];
+        assert_eq!(Sampling::RoundRobin.probabilities(&sizes), vec![0.5, 0.5]);
+        assert_eq!(Sampling::Proportional.probabilities(&sizes), vec![0.1, 0.9]);
+        let p = Sampling::Temperature { t: 2.0 }.probabilities(&sizes);
+        assert!((p[0] - 10.0 / 40.0).abs() < 1e-12, "{p:?}");
+    }
+
+    #[test]
+    fn sampling_draws_follow_probabilities() {
+        let sizes = [100, 300];
+        let mut rng = Rng::new(7);
+        let n = 20_000;
+        let ones = (0..n)
+            .filter(|&s| Sampling::Proportional.pick(&sizes, s, &mut rng) == 1)
+            .count();
+        assert!((ones as f64 / n as f64 - 0.75).abs() < 0.02, "{ones}");
+        let rr: Vec<usize> = (0..4)
+            .map(|s| Sampling::RoundRobin.pick(&sizes, s, &mut rng))
+            .collect();
+        assert_eq!(rr, vec![0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn dwa_upweights_the_task_that_improves_least() {
+        let state = DwaState {
+            history: vec![vec![1.0, 1.0], vec![0.5, 0.9]],
+        };
+        let w = state.weights(2, 2.0);
+        assert!((w.iter().sum::<f64>() - 2.0).abs() < 1e-12);
+        assert!(w[1] > w[0], "{w:?}");
+        assert_eq!(DwaState::default().weights(3, 2.0), vec![1.0; 3]);
+    }
+
+    #[test]
+    fn rng_is_repeatable() {
+        let a: Vec<u64> = (0..3).map(|s| Rng::for_step(1, 2, s).next_u64()).collect();
+        let b: Vec<u64> = (0..3).map(|s| Rng::for_step(1, 2, s).next_u64()).collect();
+        assert_eq!(a, b);
+        assert_ne!(a[0], a[1]);
+    }
+}

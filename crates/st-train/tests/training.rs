@@ -1,0 +1,331 @@
+//! The training engine on a tiny random BERT and the repository's small topic/sentiment set.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn_autodiff::Autodiff;
+use burn_flex::Flex;
+use burn_store::ModuleSnapshot;
+use st_backbone::{BertConfig, BertTokenizer};
+use st_pooling::{Pooling, PoolingMode, SentenceEncoder};
+use st_train::{
+    DataSpec, Decay, Event, Freeze, FreezePlan, LayerwiseLrDecay, TrainConfig, load_trained, train,
+};
+
+type B = Autodiff<Flex>;
+
+fn dataset(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../datasets/topic_sentiment")
+        .join(name)
+}
+
+/// A 2-layer random BERT saved as a sentence-transformers folder, with a vocabulary covering
+/// the dataset's words.
+fn tiny_model(dir: &Path) {
+    let text = std::fs::read_to_string(dataset("train.jsonl")).unwrap()
+        + &std::fs::read_to_string(dataset("test.jsonl")).unwrap();
+    let mut words: Vec<String> = text
+        .to_lowercase()
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(String::from)
+        .collect();
+    words.sort();
+    words.dedup();
+    let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", ".", ",", "'", "\""]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    vocab.extend(words);
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("vocab.txt"), vocab.join("\n")).unwrap();
+    let config = BertConfig {
+        hidden_dropout_prob: 0.0,
+        attention_probs_dropout_prob: 0.0,
+        ..BertConfig::tiny(vocab.len())
+    };
+    let device = Default::default();
+    let bert = config.init::<Flex>(false, &device);
+    let tokenizer = BertTokenizer::from_dir(dir, 64).unwrap();
+    let pooling = Pooling::new([PoolingMode::Mean], config.hidden_size).unwrap();
+    let encoder = SentenceEncoder::new(bert, config, tokenizer, pooling, true).unwrap();
+    encoder.save_pretrained(dir).unwrap();
+}
+
+/// Burn's CPU random generator is process-wide and a run's seed resets it, so runs in parallel
+/// test threads would draw from each other's stream: each test holds this lock while training.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn config(model: &Path, out: &Path) -> TrainConfig {
+    let mut c = TrainConfig::new(
+        model.to_string_lossy(),
+        vec![DataSpec::new(dataset("train.jsonl"))],
+        out,
+    );
+    c.eval = vec![DataSpec::new(dataset("test.jsonl"))];
+    c.batch_size = 16;
+    c.tasks = BTreeMap::new();
+    c
+}
+
+/// Every float tensor of a module, by path.
+fn snapshot<M: Module<B>>(m: &M) -> BTreeMap<String, Vec<f32>> {
+    m.collect(None, None, false)
+        .into_iter()
+        .map(|s| {
+            (
+                s.full_path(),
+                s.to_data()
+                    .unwrap()
+                    .convert::<f32>()
+                    .to_vec::<f32>()
+                    .unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn training_learns_both_tasks_and_saves_a_loadable_model() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    tiny_model(&model);
+    let out = dir.path().join("out");
+    let mut c = config(&model, &out);
+    c.epochs = 8;
+    c.lr = LayerwiseLrDecay::flat(3e-3);
+    let mut evals = Vec::new();
+    let summary = train::<B>(&c, &model, &Default::default(), &mut |e| {
+        if let Event::Eval { metrics, .. } = e {
+            evals.push(metrics.clone());
+        }
+    })
+    .unwrap();
+    assert_eq!(evals.len(), 8);
+    let topic = summary.metrics["topic"]["accuracy"];
+    let sentiment = summary.metrics["sentiment"]["accuracy"];
+    assert!(
+        topic > 0.6 && sentiment > 0.6,
+        "topic {topic}, sentiment {sentiment}"
+    );
+    // metrics.jsonl has one line per step and per evaluation.
+    let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), summary.steps + 8);
+
+    // The saved folder loads back with the same predictions as the metrics said.
+    let loaded = load_trained::<Flex>(&out, &Default::default()).unwrap();
+    assert_eq!(loaded.heads.len(), 2);
+    assert!(out.join("modules.json").is_file() && out.join("1_Pooling/config.json").is_file());
+}
+
+#[test]
+fn frozen_parameters_stay_bit_identical() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    tiny_model(&model);
+    let out = dir.path().join("out");
+    let mut c = config(&model, &out);
+    c.max_steps = Some(4);
+    c.epochs = 1;
+    c.lr = LayerwiseLrDecay::flat(1e-2);
+    c.freeze = FreezePlan {
+        rules: vec![Freeze::Bottom(1), Freeze::Head("sentiment".into())],
+        gradual: None,
+    };
+    train::<B>(&c, &model, &Default::default(), &mut |_| {}).unwrap();
+
+    let before = SentenceEncoder::<B>::from_dir(&model, &Default::default()).unwrap();
+    let after = load_trained::<B>(&out, &Default::default()).unwrap();
+    let (b, a) = (snapshot(&before), snapshot(&after.encoder));
+    let mut frozen = 0;
+    let mut moved = 0;
+    for (path, values) in &b {
+        let same = a[path] == *values;
+        if path.contains("embeddings.") || path.contains("encoder.layer.0.") {
+            assert!(same, "{path} is frozen but changed");
+            frozen += 1;
+        } else if path.contains("encoder.layer.1.") && path.ends_with("weight") {
+            assert!(!same, "{path} trains but did not move");
+            moved += 1;
+        }
+    }
+    assert!(frozen > 10 && moved > 3, "{frozen} frozen, {moved} moved");
+
+    // Same seed, twice the steps: the frozen sentiment head is still its (seeded) initial self,
+    // the topic head has moved on.
+    let out2 = dir.path().join("out2");
+    let mut c2 = config(&model, &out2);
+    c2.max_steps = Some(8);
+    c2.epochs = 1;
+    c2.lr = c.lr.clone();
+    c2.freeze = c.freeze.clone();
+    train::<B>(&c2, &model, &Default::default(), &mut |_| {}).unwrap();
+    let longer = load_trained::<B>(&out2, &Default::default()).unwrap();
+    let (h4, h8) = (snapshot(&after.heads), snapshot(&longer.heads));
+    let topic = after.head_index("topic").unwrap();
+    let sentiment = after.head_index("sentiment").unwrap();
+    for (path, values) in &h4 {
+        if path.starts_with(&format!("{sentiment}.")) {
+            assert_eq!(&h8[path], values, "frozen head tensor {path} changed");
+        } else if path.starts_with(&format!("{topic}.")) && path.ends_with("weight") {
+            assert_ne!(
+                &h8[path], values,
+                "training head tensor {path} did not move"
+            );
+        }
+    }
+}
+
+#[test]
+fn each_group_moves_at_its_own_rate() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    tiny_model(&model);
+    let out = dir.path().join("out");
+    let mut c = config(&model, &out);
+    c.eval = vec![];
+    c.max_steps = Some(1);
+    c.warmup_ratio = 0.0;
+    c.schedule = Decay::Constant;
+    c.weight_decay = 0.0;
+    c.max_grad_norm = None;
+    c.lr = LayerwiseLrDecay {
+        base: 1e-3,
+        decay: 0.5,
+        head_lr: Some(4e-3),
+        overrides: vec![],
+    };
+    let mut table = String::new();
+    train::<B>(&c, &model, &Default::default(), &mut |e| {
+        if let Event::Groups(t) = e {
+            table = t.clone();
+        }
+    })
+    .unwrap();
+    assert!(
+        table.contains("layer.1") && table.contains("head.topic"),
+        "{table}"
+    );
+
+    // Adam's first step moves every parameter with a non-zero gradient by ≈ lr: measure it.
+    let before = snapshot(&SentenceEncoder::<B>::from_dir(&model, &Default::default()).unwrap());
+    let after_model = load_trained::<B>(&out, &Default::default()).unwrap();
+    let after = snapshot(&after_model.encoder);
+    let step = |prefix: &str| -> f64 {
+        let mut deltas: Vec<f64> = Vec::new();
+        for (path, b) in &before {
+            if path.contains(prefix) && path.ends_with("weight") {
+                for (x, y) in b.iter().zip(&after[path]) {
+                    let d = (x - y).abs() as f64;
+                    if d > 1e-9 {
+                        deltas.push(d);
+                    }
+                }
+            }
+        }
+        deltas.sort_by(f64::total_cmp);
+        deltas[deltas.len() / 2]
+    };
+    // 2 layers: layer.1 at base·0.5, layer.0 at base·0.25, embeddings at base·0.125.
+    let (l1, l0, emb) = (
+        step("encoder.layer.1."),
+        step("encoder.layer.0."),
+        step("embeddings."),
+    );
+    for (got, want) in [(l1, 5e-4), (l0, 2.5e-4), (emb, 1.25e-4)] {
+        assert!(
+            (got / want - 1.0).abs() < 0.1,
+            "median step {got:e}, lr {want:e}"
+        );
+    }
+}
+
+#[test]
+fn freezing_everything_reports_the_baseline() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    tiny_model(&model);
+    let mut c = config(&model, &dir.path().join("out"));
+    c.freeze = FreezePlan {
+        rules: vec![Freeze::All],
+        gradual: None,
+    };
+    let summary = train::<B>(&c, &model, &Default::default(), &mut |_| {}).unwrap();
+    assert_eq!(summary.steps, 0);
+    assert_eq!(summary.trainable_params, 0);
+    assert!(summary.metrics["topic"]["accuracy"] >= 0.0);
+}
+
+#[test]
+fn bad_configs_and_data_are_named() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    tiny_model(&model);
+    let out = dir.path().join("out");
+
+    let mut c = config(&model, &out);
+    c.tasks.insert("nonexistent".into(), Default::default());
+    let e = train::<B>(&c, &model, &Default::default(), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("nonexistent") && e.contains("topic"), "{e}");
+
+    let bad = dir.path().join("eval.jsonl");
+    std::fs::write(&bad, "{\"text\": \"x\", \"labels\": {\"topic\": \"sports\"}}\n{\"text\": \"y\", \"labels\": {\"topic\": \"weather\"}}\n").unwrap();
+    let mut c = config(&model, &out);
+    c.eval = vec![DataSpec::new(&bad)];
+    let e = train::<B>(&c, &model, &Default::default(), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("eval.jsonl:2") && e.contains("weather"), "{e}");
+
+    let one = dir.path().join("one.jsonl");
+    std::fs::write(&one, "{\"text\": \"x\", \"labels\": {\"t\": \"a\"}}\n{\"text\": \"y\", \"labels\": {\"t\": \"a\"}}\n").unwrap();
+    let c = TrainConfig::new(model.to_string_lossy(), vec![DataSpec::new(&one)], &out);
+    let e = train::<B>(&c, &model, &Default::default(), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("single class"), "{e}");
+
+    let mut c = config(&model, &out);
+    c.freeze = FreezePlan {
+        rules: vec![Freeze::Head("nope".into())],
+        gradual: None,
+    };
+    let e = train::<B>(&c, &model, &Default::default(), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("head:nope"), "{e}");
+}
+
+#[test]
+fn a_seed_makes_runs_repeat() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    tiny_model(&model);
+    let run = |name: &str| {
+        let out = dir.path().join(name);
+        let mut c = config(&model, &out);
+        c.max_steps = Some(3);
+        c.lr = LayerwiseLrDecay::flat(1e-3);
+        train::<B>(&c, &model, &Default::default(), &mut |_| {}).unwrap();
+        let m = load_trained::<B>(&out, &Default::default()).unwrap();
+        (snapshot(&m.encoder), snapshot(&m.heads))
+    };
+    let (e1, h1) = run("a");
+    let (e2, h2) = run("b");
+    assert_eq!(h1, h2, "heads differ between two runs with one seed");
+    assert_eq!(e1, e2, "encoders differ between two runs with one seed");
+}
