@@ -6,6 +6,7 @@
 
 mod input;
 mod sts;
+mod tasks;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,8 @@ use st_pooling::{EncodeOptions, PoolingMode, SentenceEncoder};
 
 /// The default backend: burn-flex, pure-Rust CPU, nothing to install.
 type DefaultBackend = burn_flex::Flex;
+/// The same with automatic differentiation, for training.
+type TrainBackend = burn_autodiff::Autodiff<DefaultBackend>;
 
 #[derive(Parser)]
 #[command(
@@ -35,7 +38,9 @@ st encode \"A man is eating food.\" \"A man is riding a horse.\"\n  \
 st encode --input sentences.txt --output embeddings.jsonl\n  \
 st similarity \"A man is eating food.\" \"A man is eating bread.\" \"A woman plays violin.\"\n  \
 st eval sts --data ../shared/datasets/stsb/sts-test.csv\n  \
-st info"
+st info\n  \
+st train --train datasets/topic_sentiment/train.jsonl --eval datasets/topic_sentiment/test.jsonl --output runs/demo\n  \
+st predict --model runs/demo \"The striker scored twice.\""
 )]
 struct Cli {
     /// Worker threads for the CPU backend (default: all cores).
@@ -62,9 +67,39 @@ newlines), or standard input. Output keeps input order."
         #[arg(required = true, num_args = 2..)]
         texts: Vec<String>,
     },
-    /// Evaluate a model on a benchmark.
-    #[command(subcommand)]
-    Eval(EvalCommand),
+    /// Fine-tune a model with one or more task heads (multi-task learning).
+    #[command(
+        after_help = "Quick path: st train --train data.jsonl --eval test.jsonl --output runs/a\n\
+Every task found in the labels gets a classification head (token tasks get a token head).\n\
+Full control: st train --print-config > run.toml, edit, then st train --config run.toml."
+    )]
+    Train(Box<tasks::TrainArgs>),
+    /// Evaluate: a trained model's task heads on labelled data, or `eval sts` for embeddings.
+    #[command(args_conflicts_with_subcommands = true)]
+    Eval {
+        #[command(subcommand)]
+        benchmark: Option<EvalCommand>,
+        /// A model trained by `st train` (a folder with heads.json).
+        #[arg(long, short)]
+        model: Option<String>,
+        /// Labelled data (repeatable), in any format `st train` reads.
+        #[arg(long, value_name = "FILE")]
+        data: Vec<PathBuf>,
+        /// Print one JSON object: {"task": {"accuracy": ..., "macro_f1": ...}}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Predict each task's label (and probability) for texts with a model trained by `st train`.
+    Predict {
+        /// A model trained by `st train`.
+        #[arg(long, short)]
+        model: String,
+        /// Texts to label.
+        texts: Vec<String>,
+        /// Read texts from FILE (one per line, or .jsonl); output is then JSONL.
+        #[arg(long, short, value_name = "FILE", conflicts_with = "texts")]
+        input: Option<PathBuf>,
+    },
     /// Describe a model: architecture, parameters, pooling, maximum length.
     Info {
         #[command(flatten)]
@@ -145,9 +180,30 @@ fn run(cli: Cli) -> Result<()> {
         Command::Similarity { model, texts } => {
             similarity::<DefaultBackend>(&model, &texts, &device)
         }
-        Command::Eval(EvalCommand::Sts { model, data, json }) => {
-            eval_sts::<DefaultBackend>(&model, &data, json, &device)
+        Command::Train(args) => tasks::train::<TrainBackend>(*args, &device),
+        Command::Eval {
+            benchmark: Some(EvalCommand::Sts { model, data, json }),
+            ..
+        } => eval_sts::<DefaultBackend>(&model, &data, json, &device),
+        Command::Eval {
+            benchmark: None,
+            model,
+            data,
+            json,
+        } => {
+            let Some(model) = model else {
+                bail!("give --model DIR (a model trained by `st train`), or use `st eval sts`");
+            };
+            if data.is_empty() {
+                bail!("give --data FILE with labelled examples");
+            }
+            tasks::eval::<DefaultBackend>(&model, &data, json, &device)
         }
+        Command::Predict {
+            model,
+            texts,
+            input,
+        } => tasks::predict::<DefaultBackend>(&model, texts, input, &device),
         Command::Info { model, json } => info::<DefaultBackend>(&model, json, &device),
     }
 }
@@ -329,7 +385,7 @@ fn eval_sts<B: Backend>(
         .map(|p| cosine(&emb[index(&p.sentence1)], &emb[index(&p.sentence2)]) as f64)
         .collect();
     let gold: Vec<f64> = pairs.iter().map(|p| p.score).collect();
-    let spearman = sts::spearman(&predicted, &gold) * 100.0;
+    let spearman = st_train::metrics::spearman(&predicted, &gold) * 100.0;
     if json {
         println!(
             "{}",

@@ -301,3 +301,103 @@ fn bad_flags_fail_with_a_message_not_a_panic() {
     let err = failed(&st(&["encode", "--model", "./no/such/dir", "x"]));
     assert!(err.contains("./no/such/dir"), "{err}");
 }
+
+#[test]
+fn train_eval_predict_round_trip() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/topic_sentiment");
+    let (train, test) = (data.join("train.jsonl"), data.join("test.jsonl"));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let stdout = ok(&st(&[
+        "train",
+        "--model",
+        model(),
+        "--train",
+        train.to_str().unwrap(),
+        "--eval",
+        test.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--max-steps",
+        "6",
+        "--batch-size",
+        "16",
+        "--lr",
+        "1e-4",
+        "--head-lr",
+        "3e-3",
+    ]));
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(
+        summary["topic"]["accuracy"].is_number() && summary["sentiment"]["accuracy"].is_number()
+    );
+    for file in [
+        "heads.json",
+        "heads.safetensors",
+        "model.safetensors",
+        "modules.json",
+        "metrics.jsonl",
+    ] {
+        assert!(out.join(file).is_file(), "{file} missing");
+    }
+
+    let stdout = ok(&st(&[
+        "eval",
+        "--model",
+        out.to_str().unwrap(),
+        "--data",
+        test.to_str().unwrap(),
+        "--json",
+    ]));
+    let metrics: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(
+        metrics["topic"]["accuracy"], summary["topic"]["accuracy"],
+        "eval agrees with training"
+    );
+
+    let input = dir.path().join("texts.txt");
+    std::fs::write(
+        &input,
+        "The striker scored twice.\nThe bakery served stale bread.\n",
+    )
+    .unwrap();
+    let predicted = lines(&ok(&st(&[
+        "predict",
+        "--model",
+        out.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ])));
+    assert_eq!(predicted.len(), 2);
+    let p = predicted[0]["topic"]["probability"].as_f64().unwrap();
+    assert!(p > 0.0 && p <= 1.0);
+    assert!(predicted[1]["sentiment"]["label"].is_string());
+
+    // The trained folder is also a plain sentence-transformers model.
+    let emb = lines(&ok(&st(&[
+        "encode",
+        "--model",
+        out.to_str().unwrap(),
+        "hello",
+    ])));
+    assert_eq!(emb[0]["embedding"].as_array().unwrap().len(), 384);
+
+    // Eval data with a task the model lacks is refused by file and line.
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"text\": \"x\", \"labels\": {\"color\": \"red\"}}\n",
+    )
+    .unwrap();
+    let err = failed(&st(&[
+        "eval",
+        "--model",
+        out.to_str().unwrap(),
+        "--data",
+        bad.to_str().unwrap(),
+    ]));
+    assert!(
+        err.contains("bad.jsonl:1") && err.contains("color"),
+        "{err}"
+    );
+}

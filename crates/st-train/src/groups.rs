@@ -122,10 +122,10 @@ impl LayerwiseLrDecay {
 
     /// The rate of a group at `depth` in a network of `layers` layers.
     pub fn lr(&self, group: &str, depth: usize, layers: usize) -> f64 {
-        if group.starts_with("head.") {
-            if let Some(lr) = self.head_lr {
-                return lr;
-            }
+        if group.starts_with("head.")
+            && let Some(lr) = self.head_lr
+        {
+            return lr;
         }
         let steps_down = (layers + 1).saturating_sub(depth) as i32;
         self.base * self.decay.powi(steps_down)

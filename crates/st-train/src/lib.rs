@@ -14,6 +14,7 @@
 //! - [`schedule`]: warm-up then linear or cosine decay.
 //! - [`trainer`]: the loop ([`train`]), evaluation, best checkpoint, early stopping.
 //! - [`metrics`]: accuracy, macro-F1, entity-level F1, Spearman.
+//! - [`predict`]: labels and probabilities from a trained model.
 //!
 //! burn 0.21's optimizer takes one learning rate per `step`; st-train splits the gradients by
 //! group and steps each group with its own rate, sharing one optimizer state. AdamW is set to
@@ -26,6 +27,7 @@ pub mod freeze;
 pub mod groups;
 pub mod metrics;
 pub mod multitask;
+pub mod predict;
 pub mod schedule;
 pub mod trainer;
 
@@ -35,8 +37,11 @@ pub use data::{DataSpec, Example, Format, Label};
 pub use freeze::{Freeze, FreezePlan, GradualUnfreeze, Unit};
 pub use groups::{LayerwiseLrDecay, LrOverride, ParamGroup};
 pub use multitask::{Sampling, Weighting};
+pub use predict::{TaskPrediction, predict};
 pub use schedule::Decay;
-pub use trainer::{Event, TaskOptions, TrainConfig, TrainSummary, load_trained, train};
+pub use trainer::{
+    Event, TaskOptions, TrainConfig, TrainSummary, evaluate_on, load_trained, train,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {

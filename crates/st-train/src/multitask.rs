@@ -51,21 +51,16 @@ impl Rng {
 }
 
 /// Which data source the next batch comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "strategy")]
 pub enum Sampling {
     /// Sources in turn.
     RoundRobin,
     /// Probability proportional to the source's size.
+    #[default]
     Proportional,
     /// Probability ∝ size^(1/T): T=1 is proportional, large T approaches uniform.
     Temperature { t: f64 },
-}
-
-impl Default for Sampling {
-    fn default() -> Self {
-        Sampling::Proportional
-    }
 }
 
 impl Sampling {

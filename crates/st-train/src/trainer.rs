@@ -150,6 +150,9 @@ impl TrainConfig {
     }
 }
 
+/// Metric values by task, then by metric name.
+pub type Metrics = BTreeMap<String, BTreeMap<String, f64>>;
+
 /// Progress reported to the caller.
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -163,7 +166,7 @@ pub enum Event {
     },
     Eval {
         epoch: usize,
-        metrics: BTreeMap<String, BTreeMap<String, f64>>,
+        metrics: Metrics,
         best: bool,
     },
 }
@@ -173,13 +176,13 @@ pub enum Event {
 pub struct TrainSummary {
     pub steps: usize,
     /// Metrics of the best evaluation (or of the frozen baseline).
-    pub metrics: BTreeMap<String, BTreeMap<String, f64>>,
+    pub metrics: Metrics,
     pub trainable_params: usize,
 }
 
 /// One tokenized example with a target per head.
 #[derive(Debug, Clone)]
-pub(crate) struct Row {
+pub struct Row {
     pub encoded: Encoded,
     /// Per head: sentence class, per-token tags (IGNORE off first sub-words), or nothing.
     pub targets: Vec<Target>,
@@ -189,14 +192,14 @@ pub(crate) struct Row {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Target {
+pub enum Target {
     None,
     Class(i64),
     Tokens(Vec<i64>),
 }
 
 /// Tokenizes examples and maps labels to ids. Unknown labels are an error naming file:line.
-pub(crate) fn prepare<B: Backend>(
+pub fn prepare<B: Backend>(
     encoder: &SentenceEncoder<B>,
     specs: &[HeadSpec],
     examples: &[Example],
@@ -379,12 +382,12 @@ fn batch_input<B: Backend>(
 
 /// Evaluates every head on `rows`: accuracy and macro-F1 for sentence tasks, entity-level
 /// precision/recall/F1 for token tasks (per word, read at each word's first sub-word).
-pub(crate) fn evaluate<B: Backend>(
+pub fn evaluate<B: Backend>(
     model: &MultiTaskModel<B>,
     rows: &[Row],
     examples: &[Example],
     batch_size: usize,
-) -> BTreeMap<String, BTreeMap<String, f64>> {
+) -> Metrics {
     let device = model
         .encoder
         .bert
@@ -472,7 +475,7 @@ pub(crate) fn evaluate<B: Backend>(
 
 /// The number a checkpoint is judged by: `task.metric`, or the mean of each task's main metric
 /// (accuracy, entity F1).
-pub fn score(metrics: &BTreeMap<String, BTreeMap<String, f64>>, key: Option<&str>) -> Option<f64> {
+pub fn score(metrics: &Metrics, key: Option<&str>) -> Option<f64> {
     if let Some(key) = key {
         let (task, metric) = key.split_once('.')?;
         return metrics.get(task)?.get(metric).copied();
@@ -694,7 +697,7 @@ pub fn train<B: AutodiffBackend>(
         decay: config.schedule,
     };
     let pad_id = model.encoder.tokenizer.pad_id();
-    let mut best: Option<(f64, BTreeMap<String, BTreeMap<String, f64>>)> = None;
+    let mut best: Option<(f64, Metrics)> = None;
     let mut since_best = 0;
 
     for step in 0..total_steps {
@@ -915,4 +918,35 @@ pub fn load_trained<B: Backend>(
 ) -> Result<MultiTaskModel<B>, TrainError> {
     let encoder = SentenceEncoder::<B>::from_dir(dir, device)?;
     Ok(MultiTaskModel::load(encoder, dir, device)?)
+}
+
+/// Evaluates a trained model on labelled data (every task in the data must be one of the
+/// model's heads): the metrics `st eval` prints.
+pub fn evaluate_on<B: Backend>(
+    model: &MultiTaskModel<B>,
+    data: &[DataSpec],
+    batch_size: usize,
+) -> Result<Metrics, TrainError> {
+    let examples: Vec<Example> = data
+        .iter()
+        .map(load)
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    let names: Vec<String> = model.specs().iter().map(|s| s.name.clone()).collect();
+    for ex in &examples {
+        if let Some(task) = ex.labels.keys().find(|t| !names.contains(t)) {
+            return Err(TrainError::Data {
+                path: (*ex.file).clone(),
+                line: ex.line,
+                message: format!(
+                    "task `{task}` is not one of the model's heads ({})",
+                    names.join(", ")
+                ),
+            });
+        }
+    }
+    let rows = prepare(&model.encoder, &model.specs(), &examples)?;
+    Ok(evaluate(model, &rows, &examples, batch_size))
 }

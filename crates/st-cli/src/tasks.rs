@@ -1,0 +1,313 @@
+//! `st train`, `st eval` (task heads) and `st predict`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use st_train::{
+    DataSpec, Decay, Event, Freeze, FreezePlan, LayerwiseLrDecay, Sampling, TrainConfig, Weighting,
+};
+
+/// The commented example printed by `st train --print-config`.
+pub const EXAMPLE_CONFIG: &str = include_str!("example-train.toml");
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// A TOML file with every training setting (see --print-config). Other flags then only
+    /// override `output`.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["train", "eval"])]
+    config: Option<PathBuf>,
+    /// Print a complete, commented example config and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Model folder or Hugging Face id to start from.
+    #[arg(long, short, default_value = st_hub::DEFAULT_MODEL)]
+    model: String,
+    /// Training data (repeat for several sources). JSONL `{"text": ..., "labels": {"task": "label"}}`
+    /// or a public set: sst2 .tsv, trec .label, banking77 .csv, snips split folder, wnut17 .conll.
+    #[arg(long, value_name = "FILE")]
+    train: Vec<PathBuf>,
+    /// Evaluation data, same formats (evaluated after every epoch).
+    #[arg(long, value_name = "FILE")]
+    eval: Vec<PathBuf>,
+    /// Folder for the best model, metrics.jsonl and the run's config.
+    #[arg(long, short, value_name = "DIR")]
+    output: Option<PathBuf>,
+    #[arg(long, default_value_t = 3)]
+    epochs: usize,
+    /// Stop after this many steps instead of epochs.
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Base learning rate (top of the network and heads).
+    #[arg(long, default_value_t = 5e-5)]
+    lr: f64,
+    /// Layer-wise learning-rate decay factor (1 = flat).
+    #[arg(long, default_value_t = 1.0)]
+    layer_decay: f64,
+    /// Learning rate of the task heads (default: --lr).
+    #[arg(long)]
+    head_lr: Option<f64>,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 128)]
+    max_seq_length: usize,
+    /// Freezing rule (repeatable): none, all, backbone, embeddings, bottom:K, head:NAME.
+    #[arg(long, value_name = "RULE")]
+    freeze: Vec<Freeze>,
+    /// Task sampling: round_robin, proportional, or temperature:T.
+    #[arg(long, default_value = "proportional", value_parser = parse_sampling)]
+    sampling: Sampling,
+    /// Loss weighting: static, uncertainty, or dwa.
+    #[arg(long, default_value = "static", value_parser = parse_weighting)]
+    weighting: Weighting,
+    /// Learning-rate decay after warm-up: linear, cosine, constant.
+    #[arg(long, default_value = "linear", value_parser = parse_decay)]
+    schedule: Decay,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+fn parse_sampling(s: &str) -> Result<Sampling, String> {
+    match s {
+        "round_robin" | "round-robin" => Ok(Sampling::RoundRobin),
+        "proportional" => Ok(Sampling::Proportional),
+        _ => match s.strip_prefix("temperature:").map(str::parse::<f64>) {
+            Some(Ok(t)) if t > 0.0 => Ok(Sampling::Temperature { t }),
+            _ => Err("expected round_robin, proportional or temperature:T (T > 0)".into()),
+        },
+    }
+}
+
+fn parse_weighting(s: &str) -> Result<Weighting, String> {
+    match s {
+        "static" => Ok(Weighting::default()),
+        "uncertainty" => Ok(Weighting::Uncertainty),
+        "dwa" => Ok(Weighting::Dwa { temperature: 2.0 }),
+        _ => Err("expected static, uncertainty or dwa".into()),
+    }
+}
+
+fn parse_decay(s: &str) -> Result<Decay, String> {
+    match s {
+        "linear" => Ok(Decay::Linear),
+        "cosine" => Ok(Decay::Cosine),
+        "constant" => Ok(Decay::Constant),
+        _ => Err("expected linear, cosine or constant".into()),
+    }
+}
+
+fn config_from(args: &TrainArgs) -> Result<TrainConfig> {
+    if let Some(path) = &args.config {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut config: TrainConfig =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        if let Some(out) = &args.output {
+            config.output = out.clone();
+        }
+        return Ok(config);
+    }
+    if args.train.is_empty() {
+        bail!("give --train FILE (or --config FILE; see --print-config)");
+    }
+    let Some(output) = &args.output else {
+        bail!("give --output DIR for the trained model");
+    };
+    let mut config = TrainConfig::new(
+        args.model.clone(),
+        args.train.iter().map(DataSpec::new).collect(),
+        output,
+    );
+    config.eval = args.eval.iter().map(DataSpec::new).collect();
+    config.epochs = args.epochs;
+    config.max_steps = args.max_steps;
+    config.lr = LayerwiseLrDecay {
+        base: args.lr,
+        decay: args.layer_decay,
+        head_lr: args.head_lr,
+        overrides: vec![],
+    };
+    config.batch_size = args.batch_size;
+    config.max_seq_length = args.max_seq_length;
+    config.freeze = FreezePlan {
+        rules: args.freeze.clone(),
+        gradual: None,
+    };
+    config.sampling = args.sampling;
+    config.weighting = args.weighting.clone();
+    config.schedule = args.schedule;
+    config.seed = args.seed;
+    Ok(config)
+}
+
+fn table(metrics: &BTreeMap<String, BTreeMap<String, f64>>) -> String {
+    let mut out = String::new();
+    for (task, m) in metrics {
+        let cells: Vec<String> = m
+            .iter()
+            .filter(|(k, _)| k.as_str() != "n")
+            .map(|(k, v)| format!("{k} {:.2}", v * 100.0))
+            .collect();
+        let n = m.get("n").copied().unwrap_or(0.0);
+        out.push_str(&format!("  {task:<14} {}  (n={n})\n", cells.join("  ")));
+    }
+    out
+}
+
+pub fn train<B: AutodiffBackend>(args: TrainArgs, device: &B::Device) -> Result<()> {
+    if args.print_config {
+        print!("{EXAMPLE_CONFIG}");
+        return Ok(());
+    }
+    let config = config_from(&args)?;
+    let model_dir = st_hub::resolve(&config.model, &mut |m| eprintln!("{m}"))?;
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} step {pos}/{len} [{bar:25}] {msg} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let mut smoothed: BTreeMap<String, f64> = BTreeMap::new();
+    let summary = st_train::train::<B>(&config, &model_dir, device, &mut |event| match event {
+        Event::Groups(t) => eprintln!("parameter groups:\n{t}"),
+        Event::Step {
+            step,
+            total,
+            losses,
+        } => {
+            bar.set_length(*total as u64);
+            bar.set_position(*step as u64);
+            for (task, loss, _) in losses {
+                let e = smoothed.entry(task.clone()).or_insert(*loss);
+                *e = 0.9 * *e + 0.1 * loss;
+            }
+            let msg: Vec<String> = smoothed
+                .iter()
+                .map(|(t, l)| format!("{t} {l:.3}"))
+                .collect();
+            bar.set_message(format!("loss: {}", msg.join(", ")));
+        }
+        Event::Eval {
+            epoch,
+            metrics,
+            best,
+        } => {
+            bar.suspend(|| {
+                eprintln!(
+                    "epoch {epoch}{}:\n{}",
+                    if *best { " (best so far, saved)" } else { "" },
+                    table(metrics)
+                )
+            });
+        }
+    })?;
+    bar.finish_and_clear();
+    eprintln!(
+        "{} steps, {} trainable parameters; best model in {}",
+        summary.steps,
+        summary.trainable_params,
+        config.output.display()
+    );
+    println!("{}", serde_json::to_string(&summary.metrics)?);
+    Ok(())
+}
+
+pub fn eval<B: Backend>(
+    model: &str,
+    data: &[PathBuf],
+    json: bool,
+    device: &B::Device,
+) -> Result<()> {
+    let dir = st_hub::resolve(model, &mut |m| eprintln!("{m}"))?;
+    let model = st_train::load_trained::<B>(&dir, device).with_context(|| {
+        format!(
+            "loading a trained model (with heads.json) from {}",
+            dir.display()
+        )
+    })?;
+    let specs: Vec<DataSpec> = data.iter().map(DataSpec::new).collect();
+    let metrics = st_train::evaluate_on(&model, &specs, 64)?;
+    if json {
+        println!("{}", serde_json::to_string(&metrics)?);
+    } else {
+        print!("{}", table(&metrics));
+    }
+    Ok(())
+}
+
+pub fn predict<B: Backend>(
+    model: &str,
+    texts: Vec<String>,
+    input: Option<PathBuf>,
+    device: &B::Device,
+) -> Result<()> {
+    let jsonl = input.is_some();
+    let texts = match input {
+        Some(path) => crate::input::read_texts(&path)?,
+        None if texts.is_empty() => bail!("give TEXT arguments or --input FILE"),
+        None => texts,
+    };
+    let dir = st_hub::resolve(model, &mut |m| eprintln!("{m}"))?;
+    let model = st_train::load_trained::<B>(&dir, device).with_context(|| {
+        format!(
+            "loading a trained model (with heads.json) from {}",
+            dir.display()
+        )
+    })?;
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let predictions = st_train::predict(&model, &refs, 32)?;
+    for (text, p) in texts.iter().zip(predictions) {
+        if jsonl {
+            let mut line = serde_json::Map::new();
+            line.insert("text".into(), serde_json::Value::String(text.clone()));
+            for (task, v) in p {
+                line.insert(task, serde_json::to_value(v)?);
+            }
+            println!("{}", serde_json::Value::Object(line));
+        } else {
+            println!("{text}");
+            for (task, v) in p {
+                match v {
+                    st_train::TaskPrediction::Sentence { label, probability } => {
+                        println!("  {task}: {label} ({probability:.3})")
+                    }
+                    st_train::TaskPrediction::Token { words, tags } => {
+                        let tagged: Vec<String> = words
+                            .iter()
+                            .zip(&tags)
+                            .map(|(w, t)| format!("{w}/{t}"))
+                            .collect();
+                        println!("  {task}: {}", tagged.join(" "))
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_printed_example_config_parses() {
+        let config: TrainConfig = toml::from_str(EXAMPLE_CONFIG).unwrap();
+        assert_eq!(config.train.len(), 2);
+        assert_eq!(config.lr.decay, 0.9);
+        assert_eq!(config.sampling, Sampling::Temperature { t: 2.0 });
+        assert_eq!(config.tasks["sentiment"].hidden, Some(256));
+    }
+
+    #[test]
+    fn unknown_config_keys_are_refused_by_name() {
+        let text = EXAMPLE_CONFIG.replace("epochs = 3", "epochz = 3");
+        let err = toml::from_str::<TrainConfig>(&text)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("epochz"), "{err}");
+    }
+}
