@@ -68,6 +68,9 @@ pub struct TrainArgs {
     schedule: Decay,
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Continue an interrupted run from OUTPUT/resume/ (written after every evaluation).
+    #[arg(long)]
+    resume: bool,
 }
 
 fn parse_sampling(s: &str) -> Result<Sampling, String> {
@@ -108,6 +111,7 @@ fn config_from(args: &TrainArgs) -> Result<TrainConfig> {
         if let Some(out) = &args.output {
             config.output = out.clone();
         }
+        config.resume |= args.resume;
         return Ok(config);
     }
     if args.train.is_empty() {
@@ -140,6 +144,7 @@ fn config_from(args: &TrainArgs) -> Result<TrainConfig> {
     config.weighting = args.weighting.clone();
     config.schedule = args.schedule;
     config.seed = args.seed;
+    config.resume = args.resume;
     Ok(config)
 }
 

@@ -90,6 +90,9 @@ pub struct TrainConfig {
     pub patience: Option<usize>,
     #[serde(default = "d_seed")]
     pub seed: u64,
+    /// Continue from `output/resume/` (written at every evaluation) when it exists.
+    #[serde(default)]
+    pub resume: bool,
 }
 
 fn d_epochs() -> usize {
@@ -146,6 +149,7 @@ impl TrainConfig {
             best_metric: None,
             patience: None,
             seed: d_seed(),
+            resume: false,
         }
     }
 }
@@ -569,6 +573,30 @@ impl Source {
     }
 }
 
+/// Everything besides weights and optimizer moments that a resumed run needs. Batch order and
+/// dropout masks are functions of `(seed, step)`, so they need no saving.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ResumeState {
+    step: usize,
+    /// Per source: position in the current pass, and the pass number.
+    cursors: Vec<(usize, u64)>,
+    dwa: Vec<Vec<f64>>,
+    epoch_losses: Vec<(f64, usize)>,
+    best: Option<(f64, Metrics)>,
+    since_best: usize,
+}
+
+type Recorder = burn::record::NamedMpkFileRecorder<burn::record::FullPrecisionSettings>;
+
+const RESUME_DIR: &str = "resume";
+
+fn recorder_err(path: &Path) -> impl Fn(burn::record::RecorderError) -> TrainError + '_ {
+    move |e| TrainError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
 /// Trains as `config` says, starting from the encoder in `model_dir`. Writes the best model
 /// (sentence-transformers folder + heads) and `metrics.jsonl` into `config.output`.
 pub fn train<B: AutodiffBackend>(
@@ -633,8 +661,7 @@ pub fn train<B: AutodiffBackend>(
     }
     let eval_rows = prepare(&model.encoder, &specs, &eval_examples)?;
 
-    let entries = params(&model);
-    let groups = build_groups(&entries, layers, &head_names, &config.lr);
+    let mut groups = build_groups(&params(&model), layers, &head_names, &config.lr);
     let trainable_params: usize = groups
         .iter()
         .filter(|g| {
@@ -650,7 +677,14 @@ pub fn train<B: AutodiffBackend>(
 
     std::fs::create_dir_all(&config.output).map_err(|e| TrainError::io(&config.output, e))?;
     let log_path = config.output.join("metrics.jsonl");
-    let mut log = std::fs::File::create(&log_path).map_err(|e| TrainError::io(&log_path, e))?;
+    // A resumed run appends to the log it continues.
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(config.resume)
+        .truncate(!config.resume)
+        .open(&log_path)
+        .map_err(|e| TrainError::io(&log_path, e))?;
     let mut write_log = |value: serde_json::Value| -> Result<(), TrainError> {
         writeln!(log, "{value}").map_err(|e| TrainError::io(&log_path, e))
     };
@@ -690,6 +724,60 @@ pub fn train<B: AutodiffBackend>(
     let mut opt_uncertainty = adamw(0.0).init::<B, UncertaintyWeights<B>>();
     let mut dwa = DwaState::default();
     let mut epoch_losses: Vec<(f64, usize)> = vec![(0.0, 0); specs.len()];
+    let mut best: Option<(f64, Metrics)> = None;
+    let mut since_best = 0;
+    let mut first_step = 0;
+
+    let resume_dir = config.output.join(RESUME_DIR);
+    if config.resume && resume_dir.join("state.json").is_file() {
+        use burn::record::Recorder as _;
+        let state_path = resume_dir.join("state.json");
+        let text =
+            std::fs::read_to_string(&state_path).map_err(|e| TrainError::io(&state_path, e))?;
+        let state: ResumeState = serde_json::from_str(&text).map_err(|e| TrainError::Data {
+            path: state_path.clone(),
+            line: e.line(),
+            message: e.to_string(),
+        })?;
+        if state.cursors.len() != sources.len() {
+            return Err(TrainError::Config(format!(
+                "{} was written for {} training sources, this config has {}",
+                state_path.display(),
+                state.cursors.len(),
+                sources.len()
+            )));
+        }
+        let rec = Recorder::new();
+        let at = |name: &str| resume_dir.join(name);
+        let bad = recorder_err(&resume_dir);
+        model = model.load_file(at("model"), &rec, device).map_err(&bad)?;
+        opt_decay = opt_decay.load_record(rec.load(at("opt_decay"), device).map_err(&bad)?);
+        opt_plain = opt_plain.load_record(rec.load(at("opt_plain"), device).map_err(&bad)?);
+        if let Some(u) = uncertainty.take() {
+            uncertainty = Some(u.load_file(at("uncertainty"), &rec, device).map_err(&bad)?);
+            opt_uncertainty =
+                opt_uncertainty.load_record(rec.load(at("opt_uncertainty"), device).map_err(&bad)?);
+        }
+        for (s, (source, (cursor, pass))) in sources.iter_mut().zip(&state.cursors).enumerate() {
+            source.cursor = *cursor;
+            source.pass = *pass;
+            if *pass > 0 {
+                source.order = (0..source.rows.len()).collect();
+                Rng::for_step(config.seed, s as u64 + 1000, pass - 1).shuffle(&mut source.order);
+            }
+        }
+        // Loading restores the saved parameter ids, which the optimizer state is keyed by.
+        groups = build_groups(&params(&model), layers, &head_names, &config.lr);
+        dwa.history = state.dwa;
+        epoch_losses = state.epoch_losses;
+        best = state.best;
+        since_best = state.since_best;
+        first_step = state.step;
+        on_event(&Event::Groups(format!(
+            "resuming at step {first_step} from {}\n",
+            resume_dir.display()
+        )));
+    }
 
     let schedule = Schedule {
         warmup: (config.warmup_ratio * total_steps as f64).round() as usize,
@@ -697,11 +785,14 @@ pub fn train<B: AutodiffBackend>(
         decay: config.schedule,
     };
     let pad_id = model.encoder.tokenizer.pad_id();
-    let mut best: Option<(f64, Metrics)> = None;
-    let mut since_best = 0;
 
-    for step in 0..total_steps {
+    for step in first_step..total_steps {
         let epoch = step / steps_per_epoch;
+        // Dropout masks depend on (seed, step) only, so a resumed run repeats an unbroken one.
+        B::seed(
+            device,
+            Rng::for_step(config.seed, 7, step as u64).next_u64(),
+        );
         let dwa_weights = match &config.weighting {
             Weighting::Dwa { temperature } => dwa.weights(specs.len(), *temperature),
             _ => vec![1.0; specs.len()],
@@ -862,6 +953,23 @@ pub fn train<B: AutodiffBackend>(
             write_log(
                 serde_json::json!({"epoch": epoch + 1, "step": step + 1, "eval": metrics, "best": improved}),
             )?;
+            let state = ResumeState {
+                step: step + 1,
+                cursors: sources.iter().map(|s| (s.cursor, s.pass)).collect(),
+                dwa: dwa.history.clone(),
+                epoch_losses: epoch_losses.clone(),
+                best: best.clone(),
+                since_best,
+            };
+            let weights = uncertainty.as_ref().map(|u| (u, &opt_uncertainty));
+            save_resume(
+                &config.output,
+                &model,
+                &opt_decay,
+                &opt_plain,
+                weights,
+                &state,
+            )?;
             on_event(&Event::Eval {
                 epoch: epoch + 1,
                 metrics,
@@ -877,6 +985,53 @@ pub fn train<B: AutodiffBackend>(
         metrics: best.map(|(_, m)| m).unwrap_or_default(),
         trainable_params,
     })
+}
+
+/// Writes `output/resume/` (model and optimizer records, loop state) in one rename.
+fn save_resume<B, O1, O2, O3>(
+    output: &Path,
+    model: &MultiTaskModel<B>,
+    opt_decay: &O1,
+    opt_plain: &O2,
+    uncertainty: Option<(&UncertaintyWeights<B>, &O3)>,
+    state: &ResumeState,
+) -> Result<(), TrainError>
+where
+    B: AutodiffBackend,
+    O1: Optimizer<MultiTaskModel<B>, B>,
+    O2: Optimizer<MultiTaskModel<B>, B>,
+    O3: Optimizer<UncertaintyWeights<B>, B>,
+{
+    use burn::record::Recorder as _;
+    let tmp = output.join(".resume-tmp");
+    let dir = output.join(RESUME_DIR);
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+    let rec = Recorder::new();
+    let bad = recorder_err(&tmp);
+    model
+        .clone()
+        .save_file(tmp.join("model"), &rec)
+        .map_err(&bad)?;
+    rec.record(opt_decay.to_record(), tmp.join("opt_decay"))
+        .map_err(&bad)?;
+    rec.record(opt_plain.to_record(), tmp.join("opt_plain"))
+        .map_err(&bad)?;
+    if let Some((u, opt)) = uncertainty {
+        u.clone()
+            .save_file(tmp.join("uncertainty"), &rec)
+            .map_err(&bad)?;
+        rec.record(opt.to_record(), tmp.join("opt_uncertainty"))
+            .map_err(&bad)?;
+    }
+    let text = serde_json::to_string(state).expect("state serializes");
+    std::fs::write(tmp.join("state.json"), text).map_err(|e| TrainError::io(&tmp, e))?;
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
+    }
+    std::fs::rename(&tmp, &dir).map_err(|e| TrainError::io(&dir, e))
 }
 
 /// Writes the model: a sentence-transformers folder plus `heads.json`, `heads.safetensors`

@@ -329,3 +329,69 @@ fn a_seed_makes_runs_repeat() {
     assert_eq!(h1, h2, "heads differ between two runs with one seed");
     assert_eq!(e1, e2, "encoders differ between two runs with one seed");
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn resume_reaches_the_same_parameters_as_an_unbroken_run() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    tiny_model(&model);
+    let (full, resumed) = (dir.path().join("full"), dir.path().join("resumed"));
+    let mut c = config(&model, &full);
+    c.epochs = 2;
+    c.lr = LayerwiseLrDecay {
+        base: 2e-3,
+        decay: 0.8,
+        head_lr: Some(5e-3),
+        overrides: vec![],
+    };
+    c.weighting = st_train::Weighting::Uncertainty;
+    // The unbroken run; after epoch 1 its resume state is copied aside, as if it crashed there.
+    train::<B>(&c, &model, &Default::default(), &mut |e| {
+        if let Event::Eval { epoch: 1, .. } = e {
+            copy_dir(&full.join("resume"), &resumed.join("resume"));
+        }
+    })
+    .unwrap();
+    let mut r = c.clone();
+    r.output = resumed.clone();
+    r.resume = true;
+    let mut resumed_at = String::new();
+    train::<B>(&r, &model, &Default::default(), &mut |e| {
+        if let Event::Groups(t) = e {
+            resumed_at.push_str(t);
+        }
+    })
+    .unwrap();
+    assert!(resumed_at.contains("resuming at step 13"), "{resumed_at}");
+    // Both runs end by writing their final state (every parameter with its id): it must agree
+    // to the bit. (Optimizer records are hash maps, serialized in no fixed order.)
+    use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
+    let rec = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+    let base = || load_trained::<B>(&full, &Default::default()).unwrap();
+    let a = base()
+        .load_file(full.join("resume/model"), &rec, &Default::default())
+        .unwrap();
+    let b = base()
+        .load_file(resumed.join("resume/model"), &rec, &Default::default())
+        .unwrap();
+    assert_eq!(snapshot(&a), snapshot(&b), "parameters differ after resume");
+    for file in ["model.mpk", "uncertainty.mpk", "state.json"] {
+        let (x, y) = (
+            full.join("resume").join(file),
+            resumed.join("resume").join(file),
+        );
+        assert!(
+            std::fs::read(&x).unwrap() == std::fs::read(&y).unwrap(),
+            "{file} differs after resume"
+        );
+    }
+}
