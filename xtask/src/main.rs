@@ -16,8 +16,11 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   download [MODEL]    fetch MODEL (default sentence-transformers/all-MiniLM-L6-v2) into the cache
   test                fetch the test model, then run every test in the workspace
-  reference [MODEL]   rewrite crates/st-pooling/tests/fixtures from Python sentence-transformers
-  pyenv               create the Python reference environment; print its python path";
+  reference [MODEL]   rewrite the parity fixtures (crates/st-pooling/tests/fixtures, and the tiny
+                      pytorch_model.bin in crates/st-backbone/tests/fixtures) from Python
+  pyenv               create the Python reference environment; print its python path
+  python-check DIR    encode sample texts with `st` and with Python sentence-transformers
+                      loading DIR; fail unless every cosine is >= 0.9999";
 
 /// The Python packages the reference side pins: the versions the fixtures were made with.
 const PY_REQUIREMENTS: &[&str] = &["torch==2.9.0", "sentence-transformers==6.2.0"];
@@ -42,6 +45,10 @@ fn run() -> Result<()> {
         }
         Some("test") => test(),
         Some("reference") => reference(model),
+        Some("python-check") => match args.get(1) {
+            Some(dir) => python_check(Path::new(dir)),
+            None => bail!("usage: cargo xtask python-check MODEL_DIR"),
+        },
         Some("pyenv") => {
             println!("{}", pyenv()?.display());
             Ok(())
@@ -117,9 +124,56 @@ fn reference(model: &str) -> Result<()> {
     let python = pyenv()?;
     let out = workspace_root().join("crates/st-pooling/tests/fixtures");
     status(
-        Command::new(python)
+        Command::new(&python)
             .arg(workspace_root().join("xtask/py/reference.py"))
             .arg(&dir)
             .arg(&out),
+    )?;
+    let tiny = workspace_root().join("crates/st-backbone/tests/fixtures/tiny_bin");
+    status(
+        Command::new(&python)
+            .arg(workspace_root().join("xtask/py/tiny_bin.py"))
+            .arg(&tiny),
+    )
+}
+
+/// Python sentence-transformers must load `dir` (e.g. a model saved by `st train`) and embed
+/// like `st encode` does.
+fn python_check(dir: &Path) -> Result<()> {
+    let python = pyenv()?;
+    let texts = [
+        "A man is eating food.",
+        "The striker scored twice in the final.",
+        "Café déjà vu — naïve façade 🍕",
+        "",
+    ];
+    let tmp = std::env::temp_dir().join(format!("st-python-check-{}.jsonl", std::process::id()));
+    let output = cargo()
+        .args([
+            "run",
+            "--release",
+            "--quiet",
+            "-p",
+            "st-cli",
+            "--bin",
+            "st",
+            "--",
+            "encode",
+            "--model",
+        ])
+        .arg(dir)
+        .args(["--output"])
+        .arg(&tmp)
+        .args(texts)
+        .status()
+        .context("running st encode")?;
+    if !output.success() {
+        bail!("st encode failed on {}", dir.display());
+    }
+    status(
+        Command::new(python)
+            .arg(workspace_root().join("xtask/py/compare_embeddings.py"))
+            .arg(dir)
+            .arg(&tmp),
     )
 }

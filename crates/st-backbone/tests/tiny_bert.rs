@@ -207,3 +207,59 @@ fn vocab_txt_builds_the_bert_pipeline() {
     assert_eq!(out[2].ids, vec![2, 3]);
     assert_eq!(tok.pad_id(), 0);
 }
+
+/// A `pytorch_model.bin` as bert-base-uncased ships it (keys under `bert.`, LayerNorm
+/// gamma/beta, a `cls.` masked-LM head, gelu_new), written by `xtask/py/tiny_bin.py`, must load
+/// and reproduce PyTorch's hidden states on a padded batch.
+#[test]
+fn pytorch_bin_checkpoints_match_pytorch() {
+    use burn::tensor::{Int, TensorData};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_bin");
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let (model, config) = BertModel::<B>::from_pretrained(&dir, &Default::default()).unwrap();
+    assert_eq!(config.hidden_act, st_backbone::HiddenAct::GeluApprox);
+    let matrix = |key: &str| -> Vec<i64> {
+        expected[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_i64().unwrap()))
+            .collect()
+    };
+    let device = Default::default();
+    let ids = matrix("input_ids");
+    let mask = matrix("attention_mask");
+    let shape = [2, ids.len() / 2];
+    let input = st_backbone::BertInput {
+        input_ids: Tensor::<B, 2, Int>::from_data(TensorData::new(ids, shape), &device),
+        attention_mask: Tensor::<B, 2, Int>::from_data(
+            TensorData::new(mask.clone(), shape),
+            &device,
+        ),
+        token_type_ids: Tensor::<B, 2, Int>::zeros(shape, &device),
+    };
+    let got = values(model.forward(input));
+    let want: Vec<f32> = expected["last_hidden_state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_array().unwrap().iter())
+        .flat_map(|t| {
+            t.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+        })
+        .collect();
+    // Compare real tokens only (padding positions are unspecified).
+    for (pos, m) in mask.iter().enumerate() {
+        if *m == 1 {
+            let d = max_diff(
+                &got[pos * 32..(pos + 1) * 32],
+                &want[pos * 32..(pos + 1) * 32],
+            );
+            assert!(d < 1e-5, "token {pos}: max |diff| {d}");
+        }
+    }
+}

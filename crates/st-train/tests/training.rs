@@ -395,3 +395,22 @@ fn resume_reaches_the_same_parameters_as_an_unbroken_run() {
         );
     }
 }
+
+#[test]
+fn a_diverging_run_stops_with_the_task_named() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    tiny_model(&model);
+    let mut c = config(&model, &dir.path().join("out"));
+    c.lr = LayerwiseLrDecay::flat(1e30);
+    c.warmup_ratio = 0.0;
+    c.max_grad_norm = None;
+    let e = train::<B>(&c, &model, &Default::default(), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("diverged") && e.contains("loss is") && e.contains("task `"),
+        "{e}"
+    );
+}
