@@ -91,8 +91,45 @@ fn test() -> Result<()> {
     // Fetch once up front so the test binaries, which run in parallel, find it cached.
     let dir = download(st_hub::DEFAULT_MODEL)?;
     eprintln!("test model: {}", dir.display());
-    // Unit, integration and doc tests of every crate, in one build.
-    status(cargo().args(["test", "--workspace"]))
+    // Unit, integration and doc tests of every crate, in one build. The output passes through;
+    // the per-binary counts are added up into one closing line.
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace"])
+        .stdout(std::process::Stdio::piped());
+    eprintln!("$ {cmd:?}");
+    let mut child = cmd.spawn().context("running cargo test")?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (mut passed, mut failed) = (0usize, 0usize);
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| -> usize {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .strip_suffix(word)?
+                            .trim()
+                            .rsplit(' ')
+                            .next()?
+                            .parse()
+                            .ok()
+                    })
+                    .unwrap_or(0)
+            };
+            passed += count("passed");
+            failed += count("failed");
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() || failed > 0 {
+        bail!("cargo test failed ({status})");
+    }
+    if passed == 0 {
+        bail!("cargo test ran no test");
+    }
+    Ok(())
 }
 
 /// A virtual environment with the pinned Python reference stack, under `$ST_HOME/pyenv`.
