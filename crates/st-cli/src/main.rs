@@ -5,7 +5,6 @@
 //! (progress, warnings) to stderr.
 
 mod input;
-mod sts;
 mod tasks;
 
 use std::io::Write;
@@ -363,7 +362,7 @@ fn eval_sts<B: Backend>(
     json: bool,
     device: &B::Device,
 ) -> Result<()> {
-    let pairs = sts::read_sts(data)?;
+    let pairs = st_train::data::read_sts(data)?;
     let encoder = load::<B>(args, device)?;
     // Encode each distinct sentence once.
     let mut unique: Vec<&str> = pairs

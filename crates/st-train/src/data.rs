@@ -487,6 +487,55 @@ fn read_conll(path: &Path, task: &str) -> Result<Vec<Example>, TrainError> {
     Ok(out)
 }
 
+/// One scored sentence pair of the STS Benchmark.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StsPair {
+    pub score: f64,
+    pub sentence1: String,
+    pub sentence2: String,
+}
+
+/// Reads an STS Benchmark file: tab-separated, no quoting, fields genre, file, year, id, score,
+/// sentence1, sentence2 (some rows carry extra source columns after these; they are ignored).
+pub fn read_sts(path: &Path) -> Result<Vec<StsPair>, TrainError> {
+    let text = read_utf8(path)?;
+    let mut pairs = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let fields: Vec<&str> = line.split('\t').collect();
+        if fields.len() < 7 {
+            return Err(err(
+                path,
+                n,
+                format!(
+                    "expected at least 7 tab-separated fields (genre, file, year, id, score, \
+                     sentence1, sentence2), found {}",
+                    fields.len()
+                ),
+            ));
+        }
+        let score: f64 = fields[4].trim().parse().map_err(|_| {
+            err(
+                path,
+                n,
+                format!("field 5 (score) is not a number: {:?}", fields[4]),
+            )
+        })?;
+        pairs.push(StsPair {
+            score,
+            sentence1: fields[5].to_string(),
+            sentence2: fields[6].to_string(),
+        });
+    }
+    if pairs.is_empty() {
+        return Err(err(path, 0, "no sentence pairs"));
+    }
+    Ok(pairs)
+}
+
 /// The label set of each task in `examples`, sorted. Token tasks include every tag seen.
 pub fn label_sets(examples: &[Example]) -> BTreeMap<String, (bool, BTreeSet<String>)> {
     let mut sets: BTreeMap<String, (bool, BTreeSet<String>)> = BTreeMap::new();
@@ -628,6 +677,31 @@ mod tests {
         assert_eq!(ex.len(), 2);
         assert_eq!(ex[0].words.as_ref().unwrap()[0], "Ann");
         assert_eq!(ex[1].line, 4);
+    }
+
+    #[test]
+    fn sts_rows_are_checked_and_extra_columns_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "sts.csv",
+            b"g\tf\t2012\t1\t3.5\tone\ttwo\tcredit\n",
+        );
+        let pairs = read_sts(&p).unwrap();
+        assert_eq!((pairs[0].score, pairs[0].sentence2.as_str()), (3.5, "two"));
+        let p = write(
+            dir.path(),
+            "bad.csv",
+            b"g\tf\t2012\t1\t5.0\ta\tb\ng\tf\t2012\t2\tfive\ta\tb\n",
+        );
+        let e = read_sts(&p).unwrap_err().to_string();
+        assert!(e.contains("bad.csv:2") && e.contains("score"), "{e}");
+        let p = write(dir.path(), "short.csv", b"only\tthree\tfields\n");
+        let e = read_sts(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("short.csv:1") && e.contains("7 tab-separated"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! ([`st_heads::MultiTaskModel`]), generic over Burn's `AutodiffBackend`.
 //!
 //! - [`data`]: st's multi-task JSONL format (partial labels allowed) and readers for SST-2, TREC,
-//!   BANKING77, SNIPS (intent + slots), WNUT-17; errors name `file:line`.
+//!   BANKING77, SNIPS (intent + slots), WNUT-17, and STS Benchmark pairs; errors name
+//!   `file:line`.
 //! - [`multitask`]: task sampling (round-robin, proportional, temperature) and loss weighting
 //!   (static, uncertainty weighting, Dynamic Weight Average).
 //! - [`groups`]: parameter groups (embeddings, each layer, pooler, each head) with layer-wise
