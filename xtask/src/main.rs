@@ -11,6 +11,8 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+mod bench;
+
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
@@ -18,6 +20,9 @@ commands:
   test                fetch the test model, then run every test in the workspace
   reference [MODEL]   rewrite the parity fixtures (crates/st-pooling/tests/fixtures, and the tiny
                       pytorch_model.bin in crates/st-backbone/tests/fixtures) from Python
+  bench [--quick] [--json] [--threads N]
+                      st vs Python sentence-transformers: encode throughput, cold start, peak
+                      RSS, training step; writes docs/benchmarks.md (not with --quick)
   pyenv               create the Python reference environment; print its python path
   python-check DIR    encode sample texts with `st` and with Python sentence-transformers
                       loading DIR; fail unless every cosine is >= 0.9999";
@@ -49,6 +54,34 @@ fn run() -> Result<()> {
             Some(dir) => python_check(Path::new(dir)),
             None => bail!("usage: cargo xtask python-check MODEL_DIR"),
         },
+        Some("bench") => {
+            let flag = |f: &str| args.iter().any(|a| a == f);
+            let threads = args
+                .iter()
+                .position(|a| a == "--threads")
+                .and_then(|i| args.get(i + 1))
+                .map(|v| v.parse().context("--threads takes a number"))
+                .transpose()?
+                .unwrap_or(2);
+            let dir = download(st_hub::DEFAULT_MODEL)?;
+            let python = pyenv()?;
+            status(cargo().args(["build", "--release", "-p", "st-cli", "--bin", "st"]))?;
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| workspace_root().join("target"));
+            let settings = bench::Settings {
+                quick: flag("--quick"),
+                json: flag("--json"),
+                threads,
+            };
+            bench::run(
+                &workspace_root(),
+                &dir,
+                &python,
+                &target.join("release/st"),
+                &settings,
+            )
+        }
         Some("pyenv") => {
             println!("{}", pyenv()?.display());
             Ok(())

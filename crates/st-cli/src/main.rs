@@ -156,6 +156,9 @@ struct EncodeArgs {
     /// Write JSONL to FILE instead of standard output (written atomically).
     #[arg(long, short, value_name = "FILE")]
     output: Option<PathBuf>,
+    /// Print load and encode times as one JSON line on stderr (used by `cargo xtask bench`).
+    #[arg(long)]
+    timing: bool,
 }
 
 fn main() {
@@ -278,13 +281,25 @@ fn encode<B: Backend>(args: EncodeArgs, device: &B::Device) -> Result<()> {
             (input::read_texts(Path::new("-"))?, Some(PathBuf::from("-")))
         }
     };
+    let started = std::time::Instant::now();
     let encoder = load::<B>(&args.model, device)?;
+    let loaded = started.elapsed();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let embeddings = embed(&encoder, &refs, args.model.batch_size, |i| match &source {
         Some(p) => format!("{}:{}", p.display(), i + 1),
         None => format!("argument {}", i + 1),
     })?;
 
+    if args.timing {
+        eprintln!(
+            "{}",
+            serde_json::json!({
+                "load_s": loaded.as_secs_f64(),
+                "encode_s": (started.elapsed() - loaded).as_secs_f64(),
+                "sentences": texts.len(),
+            })
+        );
+    }
     let mut out = Vec::with_capacity(texts.len() * (encoder.embedding_dim() * 12 + 32));
     for (text, embedding) in texts.iter().zip(&embeddings) {
         serde_json::to_writer(&mut out, &EncodedLine { text, embedding })?;

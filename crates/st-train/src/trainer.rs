@@ -797,6 +797,7 @@ pub fn train<B: AutodiffBackend>(
             Weighting::Dwa { temperature } => dwa.weights(specs.len(), *temperature),
             _ => vec![1.0; specs.len()],
         };
+        let step_started = std::time::Instant::now();
         let trainable: Vec<&ParamGroup> = groups
             .iter()
             .filter(|g| config.freeze.trains(g, layers, step, epoch))
@@ -911,6 +912,7 @@ pub fn train<B: AutodiffBackend>(
         });
         write_log(serde_json::json!({
             "step": step + 1,
+            "step_ms": step_started.elapsed().as_secs_f64() * 1e3,
             "epoch": epoch,
             "lr": groups.iter().map(|g| (g.name.clone(), if trainable.iter().any(|t| t.name == g.name) { g.lr * factor } else { 0.0 })).collect::<BTreeMap<_, _>>(),
             "losses": step_losses.iter().map(|(t, l, _)| (t.clone(), *l)).collect::<BTreeMap<_, _>>(),
