@@ -95,7 +95,7 @@ fn run() -> Result<()> {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    manifest_dir()
         .parent()
         .expect("xtask lives in the workspace")
         .to_path_buf()
@@ -246,4 +246,13 @@ fn python_check(dir: &Path) -> Result<()> {
             .arg(dir)
             .arg(&tmp),
     )
+}
+
+/// This package's folder, read when the program runs (cargo sets it for `cargo run` and
+/// `cargo test`): a binary reused from a build cache shared between checkouts must still read
+/// the files of the checkout it runs in.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }

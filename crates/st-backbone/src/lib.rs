@@ -39,7 +39,7 @@ pub use model::{
     BertOutput, BertPooler, BertSelfAttention, BertSelfOutput,
 };
 pub use tokenizer::{BertTokenizer, Encoded, TokenBatch};
-pub use weights::{KEY_REMAPPING, find_weights, write_atomic};
+pub use weights::{KEY_REMAPPING, find_weights, load_problems, write_atomic};
 
 /// Everything that can go wrong loading or running a backbone. Each variant names the file.
 #[derive(Debug, thiserror::Error)]

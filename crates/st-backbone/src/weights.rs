@@ -41,6 +41,25 @@ fn is_ignorable(key: &str) -> bool {
         || key.starts_with("qa_outputs.")
 }
 
+/// Every way a burn-store load went wrong, one line each: missing, mis-shaped and unexpected
+/// tensors (keys for which `ignorable` is true are not reported as unexpected).
+pub fn load_problems(result: &ApplyResult, ignorable: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut problems: Vec<String> = result
+        .missing
+        .iter()
+        .map(|(key, _)| format!("missing: {key}"))
+        .collect();
+    problems.extend(result.errors.iter().map(|e| format!("mismatch: {e}")));
+    problems.extend(
+        result
+            .unused
+            .iter()
+            .filter(|k| !ignorable(k))
+            .map(|k| format!("unexpected: {k}")),
+    );
+    problems
+}
+
 /// The checkpoint file in a model folder: `model.safetensors` first, else `pytorch_model.bin`.
 pub fn find_weights(dir: &Path) -> Result<PathBuf, BackboneError> {
     for name in ["model.safetensors", "pytorch_model.bin"] {
@@ -137,16 +156,7 @@ impl<B: Backend> BertModel<B> {
         let mut model = config.init::<B>(with_pooler, device);
         let result = store.apply(&mut model).map_err(fail)?;
 
-        let mut problems = Vec::new();
-        for (key, _) in &result.missing {
-            problems.push(format!("missing: {key}"));
-        }
-        for err in &result.errors {
-            problems.push(format!("mismatch: {err}"));
-        }
-        for key in result.unused.iter().filter(|k| !is_ignorable(k)) {
-            problems.push(format!("unexpected: {key}"));
-        }
+        let problems = load_problems(&result, is_ignorable);
         if !problems.is_empty() {
             return Err(fail(format!(
                 "{} tensor(s) do not fit a BERT with this config.json:\n  {}",

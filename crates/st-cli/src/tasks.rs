@@ -220,19 +220,27 @@ pub fn train<B: AutodiffBackend>(args: TrainArgs, device: &B::Device) -> Result<
     Ok(())
 }
 
+/// Resolves and loads a model trained by `st train` (encoder + heads).
+fn load_trained<B: Backend>(
+    model: &str,
+    device: &B::Device,
+) -> Result<st_heads::MultiTaskModel<B>> {
+    let dir = st_hub::resolve(model, &mut |m| eprintln!("{m}"))?;
+    st_train::load_trained::<B>(&dir, device).with_context(|| {
+        format!(
+            "loading a trained model (with heads.json) from {}",
+            dir.display()
+        )
+    })
+}
+
 pub fn eval<B: Backend>(
     model: &str,
     data: &[PathBuf],
     json: bool,
     device: &B::Device,
 ) -> Result<()> {
-    let dir = st_hub::resolve(model, &mut |m| eprintln!("{m}"))?;
-    let model = st_train::load_trained::<B>(&dir, device).with_context(|| {
-        format!(
-            "loading a trained model (with heads.json) from {}",
-            dir.display()
-        )
-    })?;
+    let model = load_trained::<B>(model, device)?;
     let specs: Vec<DataSpec> = data.iter().map(DataSpec::new).collect();
     let metrics = st_train::evaluate_on(&model, &specs, 64)?;
     if json {
@@ -255,13 +263,7 @@ pub fn predict<B: Backend>(
         None if texts.is_empty() => bail!("give TEXT arguments or --input FILE"),
         None => texts,
     };
-    let dir = st_hub::resolve(model, &mut |m| eprintln!("{m}"))?;
-    let model = st_train::load_trained::<B>(&dir, device).with_context(|| {
-        format!(
-            "loading a trained model (with heads.json) from {}",
-            dir.display()
-        )
-    })?;
+    let model = load_trained::<B>(model, device)?;
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let predictions = st_train::predict(&model, &refs, 32)?;
     for (text, p) in texts.iter().zip(predictions) {

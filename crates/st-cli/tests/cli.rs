@@ -20,7 +20,7 @@ fn model_dir() -> &'static Path {
 fn datasets() -> PathBuf {
     let dir = std::env::var_os("ST_DATASETS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/datasets"));
+        .unwrap_or_else(|| manifest_dir().join("../../../shared/datasets"));
     assert!(
         dir.join("stsb/sts-test.csv").is_file(),
         "STS Benchmark not found under {}: set ST_DATASETS to the folder holding stsb/",
@@ -304,7 +304,7 @@ fn bad_flags_fail_with_a_message_not_a_panic() {
 
 #[test]
 fn train_eval_predict_round_trip() {
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/topic_sentiment");
+    let data = manifest_dir().join("../../datasets/topic_sentiment");
     let (train, test) = (data.join("train.jsonl"), data.join("test.jsonl"));
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
@@ -400,4 +400,13 @@ fn train_eval_predict_round_trip() {
         err.contains("bad.jsonl:1") && err.contains("color"),
         "{err}"
     );
+}
+
+/// This package's folder, read when the program runs (cargo sets it for `cargo run` and
+/// `cargo test`): a binary reused from a build cache shared between checkouts must still read
+/// the files of the checkout it runs in.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }

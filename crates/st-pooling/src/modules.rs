@@ -98,13 +98,7 @@ impl<B: Backend> Dense<B> {
                 .load_from(&mut store)
                 .map_err(|e| fail(e.to_string()))?
         };
-        let mut problems: Vec<String> = result
-            .missing
-            .iter()
-            .map(|(k, _)| format!("missing: {k}"))
-            .collect();
-        problems.extend(result.errors.iter().map(|e| format!("mismatch: {e}")));
-        problems.extend(result.unused.iter().map(|k| format!("unexpected: {k}")));
+        let problems = st_backbone::load_problems(&result, |_| false);
         if !problems.is_empty() {
             return Err(fail(problems.join("; ")));
         }

@@ -39,7 +39,7 @@ impl Reference {
 }
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    manifest_dir().join("tests/fixtures")
 }
 
 fn reference() -> &'static Reference {
@@ -208,4 +208,13 @@ fn batch_size_and_order_do_not_change_embeddings() {
             &rev[n - 1 - i],
         );
     }
+}
+
+/// This package's folder, read when the program runs (cargo sets it for `cargo run` and
+/// `cargo test`): a binary reused from a build cache shared between checkouts must still read
+/// the files of the checkout it runs in.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }

@@ -36,32 +36,12 @@ pub fn predict<B: Backend>(
         .unwrap_or_default();
     let specs = model.specs();
     let has_token_task = specs.iter().any(|s| s.kind == HeadKind::Token);
-    let tokenizer = model.encoder.tokenizer.inner();
     let mut rows: Vec<(Encoded, Vec<Option<usize>>, Vec<String>)> = Vec::with_capacity(texts.len());
     for text in texts {
         let words: Vec<String> = text.split_whitespace().map(String::from).collect();
         if has_token_task {
-            let enc = tokenizer
-                .encode(words.clone(), true)
-                .map_err(|e| TrainError::Config(format!("tokenizing {text:?}: {e}")))?;
-            let mut seen = None;
-            let starts = enc
-                .get_word_ids()
-                .iter()
-                .map(|w| {
-                    let w = w.map(|w| w as usize);
-                    let start = (w.is_some() && w != seen).then_some(w).flatten();
-                    if w.is_some() {
-                        seen = w;
-                    }
-                    start
-                })
-                .collect();
-            let encoded = Encoded {
-                ids: enc.get_ids().to_vec(),
-                type_ids: enc.get_type_ids().to_vec(),
-                truncated: !enc.get_overflowing().is_empty(),
-            };
+            let (encoded, starts) = crate::trainer::tokenize_words(&model.encoder, &words)
+                .map_err(TrainError::Config)?;
             rows.push((encoded, starts, words));
         } else {
             let encoded = model.encoder.tokenize(&[text])?.remove(0);

@@ -202,6 +202,38 @@ pub enum Target {
     Tokens(Vec<i64>),
 }
 
+/// Tokenizes pre-split words; returns the ids and, per token, the index of the word it starts
+/// (`None` for special tokens and non-first sub-words).
+pub fn tokenize_words<B: Backend>(
+    encoder: &SentenceEncoder<B>,
+    words: &[String],
+) -> Result<(Encoded, Vec<Option<usize>>), String> {
+    let enc = encoder
+        .tokenizer
+        .inner()
+        .encode(words.to_vec(), true)
+        .map_err(|e| format!("tokenizing: {e}"))?;
+    let mut seen = None;
+    let starts = enc
+        .get_word_ids()
+        .iter()
+        .map(|w| {
+            let w = w.map(|w| w as usize);
+            let start = (w.is_some() && w != seen).then_some(w).flatten();
+            if w.is_some() {
+                seen = w;
+            }
+            start
+        })
+        .collect();
+    let encoded = Encoded {
+        ids: enc.get_ids().to_vec(),
+        type_ids: enc.get_type_ids().to_vec(),
+        truncated: !enc.get_overflowing().is_empty(),
+    };
+    Ok((encoded, starts))
+}
+
 /// Tokenizes examples and maps labels to ids. Unknown labels are an error naming file:line.
 pub fn prepare<B: Backend>(
     encoder: &SentenceEncoder<B>,
@@ -217,36 +249,11 @@ pub fn prepare<B: Backend>(
                 let n = plain.ids.len();
                 (plain, vec![None; n])
             }
-            Some(words) => {
-                let enc = encoder
-                    .tokenizer
-                    .inner()
-                    .encode(words.clone(), true)
-                    .map_err(|e| TrainError::Data {
-                        path: (*ex.file).clone(),
-                        line: ex.line,
-                        message: format!("tokenizing: {e}"),
-                    })?;
-                let mut seen = None;
-                let starts = enc
-                    .get_word_ids()
-                    .iter()
-                    .map(|w| {
-                        let w = w.map(|w| w as usize);
-                        let start = (w.is_some() && w != seen).then_some(w).flatten();
-                        if w.is_some() {
-                            seen = w;
-                        }
-                        start
-                    })
-                    .collect();
-                let encoded = Encoded {
-                    ids: enc.get_ids().to_vec(),
-                    type_ids: enc.get_type_ids().to_vec(),
-                    truncated: !enc.get_overflowing().is_empty(),
-                };
-                (encoded, starts)
-            }
+            Some(words) => tokenize_words(encoder, words).map_err(|message| TrainError::Data {
+                path: (*ex.file).clone(),
+                line: ex.line,
+                message,
+            })?,
         };
         let mut targets = Vec::with_capacity(specs.len());
         for spec in specs {
@@ -642,23 +649,7 @@ pub fn train<B: AutodiffBackend>(
             })
         })
         .collect::<Result<_, TrainError>>()?;
-    let eval_examples: Vec<Example> = config
-        .eval
-        .iter()
-        .map(load)
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .flatten()
-        .collect();
-    for ex in &eval_examples {
-        if let Some(task) = ex.labels.keys().find(|t| !head_names.contains(t)) {
-            return Err(TrainError::Data {
-                path: (*ex.file).clone(),
-                line: ex.line,
-                message: format!("task `{task}` does not occur in the training data"),
-            });
-        }
-    }
+    let eval_examples = load_labelled(&config.eval, &head_names)?;
     let eval_rows = prepare(&model.encoder, &specs, &eval_examples)?;
 
     let mut groups = build_groups(&params(&model), layers, &head_names, &config.lr);
@@ -1077,13 +1068,9 @@ pub fn load_trained<B: Backend>(
     Ok(MultiTaskModel::load(encoder, dir, device)?)
 }
 
-/// Evaluates a trained model on labelled data (every task in the data must be one of the
-/// model's heads): the metrics `st eval` prints.
-pub fn evaluate_on<B: Backend>(
-    model: &MultiTaskModel<B>,
-    data: &[DataSpec],
-    batch_size: usize,
-) -> Result<Metrics, TrainError> {
+/// Reads evaluation data whose every task must be one of `tasks` (an unknown task is an error
+/// naming file and line).
+fn load_labelled(data: &[DataSpec], tasks: &[String]) -> Result<Vec<Example>, TrainError> {
     let examples: Vec<Example> = data
         .iter()
         .map(load)
@@ -1091,19 +1078,30 @@ pub fn evaluate_on<B: Backend>(
         .into_iter()
         .flatten()
         .collect();
-    let names: Vec<String> = model.specs().iter().map(|s| s.name.clone()).collect();
     for ex in &examples {
-        if let Some(task) = ex.labels.keys().find(|t| !names.contains(t)) {
+        if let Some(task) = ex.labels.keys().find(|t| !tasks.contains(t)) {
             return Err(TrainError::Data {
                 path: (*ex.file).clone(),
                 line: ex.line,
                 message: format!(
-                    "task `{task}` is not one of the model's heads ({})",
-                    names.join(", ")
+                    "task `{task}` is not one of the model's tasks ({})",
+                    tasks.join(", ")
                 ),
             });
         }
     }
+    Ok(examples)
+}
+
+/// Evaluates a trained model on labelled data (every task in the data must be one of the
+/// model's heads): the metrics `st eval` prints.
+pub fn evaluate_on<B: Backend>(
+    model: &MultiTaskModel<B>,
+    data: &[DataSpec],
+    batch_size: usize,
+) -> Result<Metrics, TrainError> {
+    let names: Vec<String> = model.specs().iter().map(|s| s.name.clone()).collect();
+    let examples = load_labelled(data, &names)?;
     let rows = prepare(&model.encoder, &model.specs(), &examples)?;
     Ok(evaluate(model, &rows, &examples, batch_size))
 }

@@ -16,7 +16,7 @@ use st_train::{
 type B = Autodiff<Flex>;
 
 fn dataset(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    manifest_dir()
         .join("../../datasets/topic_sentiment")
         .join(name)
 }
@@ -413,4 +413,13 @@ fn a_diverging_run_stops_with_the_task_named() {
         e.contains("diverged") && e.contains("loss is") && e.contains("task `"),
         "{e}"
     );
+}
+
+/// This package's folder, read when the program runs (cargo sets it for `cargo run` and
+/// `cargo test`): a binary reused from a build cache shared between checkouts must still read
+/// the files of the checkout it runs in.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
