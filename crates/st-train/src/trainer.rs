@@ -795,6 +795,7 @@ pub fn train<B: AutodiffBackend>(
             .collect();
         let mut accumulated = GradientsParams::new();
         let mut step_losses: Vec<(String, f64, f64)> = Vec::new();
+        // Uncertainty log-variances: gradients summed over the micro-batches like the model's.
         let mut uncertainty_grads: Option<GradientsParams> = None;
         for micro in 0..config.grad_accumulation {
             let mut rng = Rng::for_step(
@@ -855,7 +856,10 @@ pub fn train<B: AutodiffBackend>(
             }
             if let Some(u) = &uncertainty {
                 let g = GradientsParams::from_module(&mut grads, u);
-                uncertainty_grads = Some(g);
+                let sum = uncertainty_grads.get_or_insert_with(GradientsParams::new);
+                for p in &params(u) {
+                    add_grad::<B::InnerBackend>(sum, &g, p);
+                }
             }
         }
 
