@@ -62,6 +62,19 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The lock, a scratch folder, and a tiny model saved in it: every training test's start.
+fn setup() -> (
+    std::sync::MutexGuard<'static, ()>,
+    tempfile::TempDir,
+    PathBuf,
+) {
+    let guard = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    tiny_model(&model);
+    (guard, dir, model)
+}
+
 fn config(model: &Path, out: &Path) -> TrainConfig {
     let mut c = TrainConfig::new(
         model.to_string_lossy(),
@@ -93,10 +106,7 @@ fn snapshot<M: Module<B>>(m: &M) -> BTreeMap<String, Vec<f32>> {
 
 #[test]
 fn training_learns_both_tasks_and_saves_a_loadable_model() {
-    let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("model");
-    tiny_model(&model);
+    let (_serial, dir, model) = setup();
     let out = dir.path().join("out");
     let mut c = config(&model, &out);
     c.epochs = 8;
@@ -127,10 +137,7 @@ fn training_learns_both_tasks_and_saves_a_loadable_model() {
 
 #[test]
 fn frozen_parameters_stay_bit_identical() {
-    let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("model");
-    tiny_model(&model);
+    let (_serial, dir, model) = setup();
     let out = dir.path().join("out");
     let mut c = config(&model, &out);
     c.max_steps = Some(4);
@@ -186,10 +193,7 @@ fn frozen_parameters_stay_bit_identical() {
 
 #[test]
 fn each_group_moves_at_its_own_rate() {
-    let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("model");
-    tiny_model(&model);
+    let (_serial, dir, model) = setup();
     let out = dir.path().join("out");
     let mut c = config(&model, &out);
     c.eval = vec![];
@@ -251,10 +255,7 @@ fn each_group_moves_at_its_own_rate() {
 
 #[test]
 fn freezing_everything_reports_the_baseline() {
-    let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("model");
-    tiny_model(&model);
+    let (_serial, dir, model) = setup();
     let mut c = config(&model, &dir.path().join("out"));
     c.freeze = FreezePlan {
         rules: vec![Freeze::All],
@@ -268,10 +269,7 @@ fn freezing_everything_reports_the_baseline() {
 
 #[test]
 fn bad_configs_and_data_are_named() {
-    let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("model");
-    tiny_model(&model);
+    let (_serial, dir, model) = setup();
     let out = dir.path().join("out");
 
     let mut c = config(&model, &out);
@@ -311,10 +309,7 @@ fn bad_configs_and_data_are_named() {
 
 #[test]
 fn a_seed_makes_runs_repeat() {
-    let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("model");
-    tiny_model(&model);
+    let (_serial, dir, model) = setup();
     let run = |name: &str| {
         let out = dir.path().join(name);
         let mut c = config(&model, &out);
@@ -340,10 +335,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[test]
 fn resume_reaches_the_same_parameters_as_an_unbroken_run() {
-    let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("model");
-    tiny_model(&model);
+    let (_serial, dir, model) = setup();
     let (full, resumed) = (dir.path().join("full"), dir.path().join("resumed"));
     let mut c = config(&model, &full);
     c.epochs = 2;
@@ -398,10 +390,7 @@ fn resume_reaches_the_same_parameters_as_an_unbroken_run() {
 
 #[test]
 fn a_diverging_run_stops_with_the_task_named() {
-    let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("model");
-    tiny_model(&model);
+    let (_serial, dir, model) = setup();
     let mut c = config(&model, &dir.path().join("out"));
     c.lr = LayerwiseLrDecay::flat(1e30);
     c.warmup_ratio = 0.0;
