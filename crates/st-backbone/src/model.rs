@@ -81,6 +81,7 @@ impl<B: Backend> BertSelfAttention<B> {
     /// `x`: `[batch, seq, hidden]`; `key_padding`: `[batch, seq]`, true where a key is padding.
     pub fn forward(&self, x: Tensor<B, 3>, key_padding: Tensor<B, 2, Bool>) -> Tensor<B, 3> {
         let [batch, seq, hidden] = x.dims();
+        let x_device = x.device();
         let head_dim = hidden / self.num_heads;
         let split = |t: Tensor<B, 3>| {
             t.reshape([batch, seq, self.num_heads, head_dim])
@@ -89,20 +90,21 @@ impl<B: Backend> BertSelfAttention<B> {
         let q = split(self.query.forward(x.clone()));
         let k = split(self.key.forward(x.clone()));
         let v = split(self.value.forward(x));
-        let mask =
-            key_padding
-                .reshape([batch, 1, 1, seq])
-                .expand([batch, self.num_heads, seq, seq]);
+        // Padding enters as an additive bias (−∞ on padded keys) rather than a boolean mask:
+        // burn-tch 0.21 hands burn's mask (true = masked out) to PyTorch's SDPA, where true
+        // means "attend", so a boolean mask inverts there. The bias means the same everywhere.
+        let bias = Tensor::<B, 4>::zeros([batch, 1, 1, seq], &x_device)
+            .mask_fill(key_padding.reshape([batch, 1, 1, seq]), f32::NEG_INFINITY)
+            .expand([batch, self.num_heads, seq, seq]);
 
         let context = if B::ad_enabled(&q.device()) && self.dropout.prob > 0.0 {
             // Training: dropout on the attention probabilities, as BERT was trained. The fused
             // kernel has no dropout, so spell the attention out.
             let scores = q.matmul(k.swap_dims(2, 3)) / (head_dim as f64).sqrt();
-            let scores = scores.mask_fill(mask, f32::NEG_INFINITY);
-            let probs = self.dropout.forward(softmax(scores, 3));
+            let probs = self.dropout.forward(softmax(scores + bias, 3));
             probs.matmul(v)
         } else {
-            attention(q, k, v, Some(mask), None, AttentionModuleOptions::default())
+            attention(q, k, v, None, Some(bias), AttentionModuleOptions::default())
         };
         context.swap_dims(1, 2).reshape([batch, seq, hidden])
     }

@@ -4,7 +4,9 @@
 //! (Spearman on STS Benchmark), `info` (what a model is). Data goes to stdout, everything else
 //! (progress, warnings) to stderr.
 
+mod backend;
 mod input;
+mod plot;
 mod tasks;
 
 use std::io::Write;
@@ -17,10 +19,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use st_pooling::{EncodeOptions, PoolingMode, SentenceEncoder};
 
-/// The default backend: burn-flex, pure-Rust CPU, nothing to install.
-type DefaultBackend = burn_flex::Flex;
-/// The same with automatic differentiation, for training.
-type TrainBackend = burn_autodiff::Autodiff<DefaultBackend>;
+use crate::backend::BackendKind;
 
 #[derive(Parser)]
 #[command(
@@ -38,13 +37,31 @@ st encode --input sentences.txt --output embeddings.jsonl\n  \
 st similarity \"A man is eating food.\" \"A man is eating bread.\" \"A woman plays violin.\"\n  \
 st eval sts --data ../shared/datasets/stsb/sts-test.csv\n  \
 st info\n  \
+st info --backends\n  \
+st --backend tch --device cuda:0 encode --input sentences.txt   (built with --features tch)\n  \
 st train --train datasets/topic_sentiment/train.jsonl --eval datasets/topic_sentiment/test.jsonl --output runs/demo\n  \
-st predict --model runs/demo \"The striker scored twice.\""
+st predict --model runs/demo \"The striker scored twice.\"\n  \
+st plot runs/demo                    (writes runs/demo/curves.svg)"
 )]
 struct Cli {
-    /// Worker threads for the CPU backend (default: all cores).
+    /// Worker threads on the CPU (default: all cores).
     #[arg(long, global = true, value_name = "N")]
     threads: Option<usize>,
+    /// Compute backend: flex (pure-Rust CPU, always built in), tch (libtorch: CPU or CUDA) or
+    /// wgpu (Vulkan/Metal/DX12 GPUs); tch and wgpu are cargo features. `st info --backends`
+    /// lists what this binary has.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "flex",
+        env = "ST_BACKEND"
+    )]
+    backend: BackendKind,
+    /// Device of the backend: cpu; tch: cuda[:N], mps; wgpu: default, gpu[:N], integrated[:N],
+    /// cpu. Default: tch takes the first CUDA GPU if it sees one, wgpu its best adapter.
+    #[arg(long, global = true, value_name = "DEVICE", env = "ST_DEVICE")]
+    device: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -99,13 +116,28 @@ Full control: st train --print-config > run.toml, edit, then st train --config r
         #[arg(long, short, value_name = "FILE", conflicts_with = "texts")]
         input: Option<PathBuf>,
     },
-    /// Describe a model: architecture, parameters, pooling, maximum length.
+    /// Plot a training run's curves (loss, metric, learning rates, task weights) as an SVG.
+    #[command(
+        after_help = "Reads RUN_DIR/metrics.jsonl (written by `st train`) and writes RUN_DIR/curves.svg unless --output says otherwise."
+    )]
+    Plot {
+        /// A folder written by `st train`.
+        run_dir: PathBuf,
+        /// Where to write the SVG (default RUN_DIR/curves.svg).
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Describe a model: architecture, parameters, pooling, maximum length; or, with
+    /// --backends, the compute backends this binary has and the devices they see.
     Info {
         #[command(flatten)]
         model: ModelArgs,
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
+        /// List compiled-in backends and their devices instead of describing a model.
+        #[arg(long)]
+        backends: bool,
     },
 }
 
@@ -163,6 +195,10 @@ struct EncodeArgs {
 
 fn main() {
     let cli = Cli::parse();
+    #[cfg(feature = "wgpu")]
+    if cli.backend == BackendKind::Wgpu {
+        backend::ensure_runtime_dir();
+    }
     if let Err(err) = run(cli) {
         eprintln!("error: {err:#}");
         std::process::exit(1);
@@ -175,18 +211,49 @@ fn run(cli: Cli) -> Result<()> {
             .num_threads(n.max(1))
             .build_global()
             .context("setting the thread count")?;
+        #[cfg(feature = "tch")]
+        tch::set_num_threads(n.max(1) as i32);
     }
-    let device = Default::default();
-    match cli.command {
-        Command::Encode(args) => encode::<DefaultBackend>(args, &device),
-        Command::Similarity { model, texts } => {
-            similarity::<DefaultBackend>(&model, &texts, &device)
+    if let Command::Info {
+        backends: true,
+        json,
+        ..
+    } = cli.command
+    {
+        return info_backends(json);
+    }
+    if let Command::Plot { run_dir, output } = &cli.command {
+        let out = output.clone().unwrap_or_else(|| run_dir.join("curves.svg"));
+        eprintln!("{}", plot::plot(run_dir, &out)?);
+        return Ok(());
+    }
+    if !cli.backend.compiled_in() {
+        return Err(cli.backend.missing());
+    }
+    let device = cli.device.as_deref();
+    match cli.backend {
+        BackendKind::Flex => run_on::<burn_flex::Flex>(cli.command, &backend::flex_device(device)?),
+        #[cfg(feature = "tch")]
+        BackendKind::Tch => {
+            run_on::<burn_tch::LibTorch>(cli.command, &backend::tch_device(device)?)
         }
-        Command::Train(args) => tasks::train::<TrainBackend>(*args, &device),
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => run_on::<burn_wgpu::Wgpu>(cli.command, &backend::wgpu_device(device)?),
+        #[allow(unreachable_patterns)]
+        other => Err(other.missing()),
+    }
+}
+
+/// Runs one command on backend `B` (training on `Autodiff<B>`).
+fn run_on<B: Backend>(command: Command, device: &B::Device) -> Result<()> {
+    match command {
+        Command::Encode(args) => encode::<B>(args, device),
+        Command::Similarity { model, texts } => similarity::<B>(&model, &texts, device),
+        Command::Train(args) => tasks::train::<burn_autodiff::Autodiff<B>>(*args, device),
         Command::Eval {
             benchmark: Some(EvalCommand::Sts { model, data, json }),
             ..
-        } => eval_sts::<DefaultBackend>(&model, &data, json, &device),
+        } => eval_sts::<B>(&model, &data, json, device),
         Command::Eval {
             benchmark: None,
             model,
@@ -199,15 +266,38 @@ fn run(cli: Cli) -> Result<()> {
             if data.is_empty() {
                 bail!("give --data FILE with labelled examples");
             }
-            tasks::eval::<DefaultBackend>(&model, &data, json, &device)
+            tasks::eval::<B>(&model, &data, json, device)
         }
         Command::Predict {
             model,
             texts,
             input,
-        } => tasks::predict::<DefaultBackend>(&model, texts, input, &device),
-        Command::Info { model, json } => info::<DefaultBackend>(&model, json, &device),
+        } => tasks::predict::<B>(&model, texts, input, device),
+        Command::Info { model, json, .. } => info::<B>(&model, json, device),
+        Command::Plot { .. } => unreachable!("handled before a backend is chosen"),
     }
+}
+
+fn info_backends(json: bool) -> Result<()> {
+    let rows = backend::describe();
+    if json {
+        let value: serde_json::Map<String, serde_json::Value> = rows
+            .iter()
+            .map(|(kind, compiled, detail)| {
+                (
+                    kind.name().to_string(),
+                    serde_json::json!({"compiled_in": compiled, "detail": detail}),
+                )
+            })
+            .collect();
+        println!("{}", serde_json::Value::Object(value));
+    } else {
+        for (kind, compiled, detail) in rows {
+            let mark = if compiled { "yes" } else { "no" };
+            println!("{:>5}  {mark:<3}  {detail}", kind.name());
+        }
+    }
+    Ok(())
 }
 
 /// Resolves, loads and configures the model as the flags say.

@@ -178,6 +178,7 @@ pub fn train<B: AutodiffBackend>(args: TrainArgs, device: &B::Device) -> Result<
     let mut smoothed: BTreeMap<String, f64> = BTreeMap::new();
     let summary = st_train::train::<B>(&config, &model_dir, device, &mut |event| match event {
         Event::Groups(t) => eprintln!("parameter groups:\n{t}"),
+        Event::Note(note) => bar.suspend(|| eprintln!("{note}")),
         Event::Step {
             step,
             total,

@@ -285,6 +285,39 @@ impl<B: Backend> MultiTaskModel<B> {
     }
 }
 
+impl<B: Backend> MultiTaskModel<B> {
+    /// Transfer learning: replaces each head that has a trained counterpart in `dir` (a folder
+    /// saved by [`save_heads`](Self::save_heads)) with those trained weights. A counterpart has
+    /// the same name, kind, labels (in order) and hidden width; dropout stays this model's.
+    /// Returns the names of the heads taken over; a folder without `heads.json` gives none.
+    pub fn reuse_heads(
+        &mut self,
+        dir: &Path,
+        device: &B::Device,
+    ) -> Result<Vec<String>, HeadError> {
+        if !dir.join("heads.json").is_file() {
+            return Ok(Vec::new());
+        }
+        let saved = Self::load(self.encoder.clone(), dir, device)?;
+        let mut reused = Vec::new();
+        for head in &mut self.heads {
+            let twin = saved.heads.iter().find(|s| {
+                s.spec.name == head.spec.name
+                    && s.spec.kind == head.spec.kind
+                    && s.spec.labels == head.spec.labels
+                    && s.spec.hidden == head.spec.hidden
+            });
+            if let Some(twin) = twin {
+                let dropout = head.classifier.dropout.clone();
+                head.classifier = twin.classifier.clone();
+                head.classifier.dropout = dropout;
+                reused.push(head.spec.name.clone());
+            }
+        }
+        Ok(reused)
+    }
+}
+
 fn check_specs(specs: &[HeadSpec]) -> Result<(), HeadError> {
     for (i, spec) in specs.iter().enumerate() {
         if spec.name.trim().is_empty() {

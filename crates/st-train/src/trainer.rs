@@ -162,6 +162,8 @@ pub type Metrics = BTreeMap<String, BTreeMap<String, f64>>;
 pub enum Event {
     /// Printed once: the parameter-group table and what trains.
     Groups(String),
+    /// Something the user should know about the run's set-up (e.g. heads taken over).
+    Note(String),
     Step {
         step: usize,
         total: usize,
@@ -637,6 +639,15 @@ pub fn train<B: AutodiffBackend>(
     let layers = encoder.bert.num_layers();
     config.freeze.validate(layers, &head_names)?;
     let mut model = MultiTaskModel::new(encoder, specs.clone(), device)?;
+    // Starting from a model `st train` saved: heads for the same task and labels carry over.
+    let reused = model.reuse_heads(model_dir, device)?;
+    if !reused.is_empty() {
+        on_event(&Event::Note(format!(
+            "heads taken over from {}: {}",
+            model_dir.display(),
+            reused.join(", ")
+        )));
+    }
 
     let mut sources: Vec<Source> = train_sets
         .iter()

@@ -1,0 +1,256 @@
+//! `cargo xtask experiments [TABLE...] [--seeds 42,43,44] [--backend B]`: reruns the training
+//! experiments in `docs/experiments/TABLE/*.toml` and writes `docs/experiments/TABLE.md`.
+//!
+//! Each TOML file is one row, an ordinary `st train --config` file. Rows run in file-name order;
+//! a row whose first line is `# start_from = "ROW"` starts from that row's trained model (same
+//! seed): transfer learning and "pre-train a head, then freeze it". A row whose first line is
+//! `# stage` is a starting point only and gets no line of its own in the table. Paths to data
+//! are relative to the repository, as `../shared/datasets/...`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+#[derive(Clone)]
+pub struct RunResult {
+    metrics: BTreeMap<String, f64>,
+    trainable: u64,
+    step_ms: f64,
+    steps: u64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
+/// Runs already done in this invocation, by their config minus the output line: tables that
+/// share a row (the plain fine-tune is the baseline of three tables) train it once.
+type Done = std::cell::RefCell<BTreeMap<String, (PathBuf, RunResult)>>;
+
+pub struct Experiments<'a> {
+    pub done: Done,
+    pub root: &'a Path,
+    pub st: &'a Path,
+    pub backend: &'a str,
+    pub model: &'a Path,
+    pub datasets: PathBuf,
+    pub seeds: Vec<u64>,
+}
+
+impl Experiments<'_> {
+    fn run_row(
+        &self,
+        config: &Path,
+        out: &Path,
+        seed: u64,
+        start: Option<&Path>,
+    ) -> Result<RunResult> {
+        let text = std::fs::read_to_string(config)
+            .with_context(|| format!("reading {}", config.display()))?;
+        // Top-level keys come before the first table, so prepending overrides is valid TOML
+        // once the originals are dropped.
+        let model = start.unwrap_or(self.model);
+        let mut body: Vec<&str> = Vec::new();
+        for line in text.lines() {
+            let key = line.split('=').next().unwrap_or("").trim();
+            if matches!(key, "model" | "output" | "seed") && !line.trim_start().starts_with('#') {
+                continue;
+            }
+            body.push(line);
+        }
+        let effective = format!(
+            "model = {:?}\noutput = {:?}\nseed = {seed}\n{}\n",
+            model.display().to_string(),
+            out.display().to_string(),
+            body.join("\n")
+        );
+        let effective =
+            effective.replace("../shared/datasets", &self.datasets.display().to_string());
+        std::fs::create_dir_all(out.parent().expect("runs live in a folder"))?;
+        let key: String = effective
+            .lines()
+            .filter(|l| !l.starts_with("output = ") && !l.starts_with('#') && !l.trim().is_empty())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let _ = std::fs::remove_dir_all(out);
+        let _ = std::fs::remove_file(out);
+        if let Some((dir, result)) = self.done.borrow().get(&key) {
+            eprintln!("   same config as {}: reusing it", dir.display());
+            #[cfg(unix)]
+            std::os::unix::fs::symlink(dir, out)?;
+            return Ok(result.clone());
+        }
+        let effective_path = out.with_extension("toml");
+        std::fs::write(&effective_path, effective)?;
+        let output = Command::new(self.st)
+            .current_dir(self.root)
+            .args(["--backend", self.backend, "train", "--config"])
+            .arg(&effective_path)
+            .output()
+            .with_context(|| format!("running st train for {}", config.display()))?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if !output.status.success() {
+            bail!("st train failed on {}:\n{stderr}", config.display());
+        }
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let summary: serde_json::Value = serde_json::from_str(
+            stdout
+                .lines()
+                .last()
+                .context("st train printed no summary")?,
+        )?;
+        let mut metrics = BTreeMap::new();
+        if let Some(tasks) = summary.as_object() {
+            for (task, m) in tasks {
+                for key in ["accuracy", "entity_f1"] {
+                    if let Some(v) = m.get(key).and_then(|v| v.as_f64()) {
+                        metrics.insert(format!("{task} {key}"), v * 100.0);
+                    }
+                }
+            }
+        }
+        let (steps, trainable) = stderr
+            .lines()
+            .rev()
+            .find(|l| l.contains("trainable parameters"))
+            .and_then(|l| {
+                let mut w = l.split_whitespace();
+                let steps = w.next()?.parse().ok()?;
+                let trainable = w.nth(1)?.parse().ok()?;
+                Some((steps, trainable))
+            })
+            .unwrap_or((0, 0));
+        let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap_or_default();
+        let step_ms = median(
+            log.lines()
+                .filter_map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()?
+                        .get("step_ms")?
+                        .as_f64()
+                })
+                .collect(),
+        );
+        let result = RunResult {
+            metrics,
+            trainable,
+            step_ms,
+            steps,
+        };
+        self.done
+            .borrow_mut()
+            .insert(key, (out.to_path_buf(), result.clone()));
+        Ok(result)
+    }
+
+    /// Runs every row of one table for every seed and writes its Markdown table.
+    pub fn run_table(&self, table: &str) -> Result<()> {
+        let dir = self.root.join("docs/experiments").join(table);
+        let mut rows: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .with_context(|| format!("no experiment table {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect();
+        rows.sort();
+        let work = self.root.join("target/experiments").join(table);
+        // row name → per-seed results
+        let mut results: Vec<(String, String, Vec<RunResult>)> = Vec::new();
+        for row in &rows {
+            let name = row.file_stem().unwrap().to_string_lossy().into_owned();
+            let text = std::fs::read_to_string(row)?;
+            let first = text.lines().next().unwrap_or("");
+            let stage = first.trim() == "# stage";
+            let start_from = first
+                .strip_prefix("# start_from = ")
+                .map(|s| s.trim().trim_matches('"').to_string());
+            let label = text
+                .lines()
+                .find_map(|l| l.strip_prefix("# row: "))
+                .unwrap_or(&name)
+                .to_string();
+            let mut per_seed = Vec::new();
+            for &seed in &self.seeds {
+                let out = work.join(format!("{name}-s{seed}"));
+                let start = start_from
+                    .as_ref()
+                    .map(|s| work.join(format!("{s}-s{seed}")));
+                eprintln!("== {table}/{name} seed {seed}");
+                let r = self.run_row(row, &out, seed, start.as_deref())?;
+                eprintln!(
+                    "   {:?}, {} trainable, {:.0} ms/step",
+                    r.metrics, r.trainable, r.step_ms
+                );
+                per_seed.push(r);
+            }
+            if !stage {
+                results.push((name, label, per_seed));
+            }
+        }
+        let mut columns: Vec<String> = results
+            .iter()
+            .flat_map(|(_, _, r)| r.iter().flat_map(|x| x.metrics.keys().cloned()))
+            .collect();
+        columns.sort();
+        columns.dedup();
+        let seeds: Vec<String> = self.seeds.iter().map(u64::to_string).collect();
+        let mut md = format!(
+            "<!-- written by `cargo xtask experiments {table} --seeds {}` ({} backend); do not edit -->\n\n| row |",
+            seeds.join(","),
+            self.backend
+        );
+        for c in &columns {
+            md.push_str(&format!(" {c} |"));
+        }
+        md.push_str(" trainable params | steps | ms/step | config |\n|---|");
+        md.push_str(&"---|".repeat(columns.len() + 4));
+        md.push('\n');
+        for (name, label, runs) in &results {
+            md.push_str(&format!("| {label} |"));
+            for c in &columns {
+                let v: Vec<f64> = runs
+                    .iter()
+                    .filter_map(|r| r.metrics.get(c).copied())
+                    .collect();
+                if v.is_empty() {
+                    md.push_str(" – |");
+                } else if v.len() == 1 {
+                    md.push_str(&format!(" {:.2} |", v[0]));
+                } else {
+                    let (m, s) = mean_std(&v);
+                    md.push_str(&format!(" {m:.2} ± {s:.2} |"));
+                }
+            }
+            let r = &runs[0];
+            md.push_str(&format!(
+                " {} | {} | {:.0} | [{name}.toml]({table}/{name}.toml) |\n",
+                r.trainable,
+                r.steps,
+                median(runs.iter().map(|r| r.step_ms).collect())
+            ));
+        }
+        let path = self
+            .root
+            .join("docs/experiments")
+            .join(format!("{table}.md"));
+        std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
+        println!("{md}");
+        Ok(())
+    }
+}
