@@ -270,6 +270,81 @@ pub fn run(
             higher_is_better: true,
         });
     }
+    // Reduced precision: tch in bf16, batch 32, alternating with Python fp32; and how far its
+    // embeddings move from fp32 (minimum cosine over the first 200 sentences).
+    let mut reduced: Option<(f64, f64, f64)> = None; // (sentences/s, ÷ Python fp32, min cosine)
+    if backends.iter().any(|b| b == "tch") {
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for i in 0..=runs {
+            let r = measure(&mut st_cmd(
+                "tch",
+                &[
+                    "--precision",
+                    "bf16",
+                    "encode",
+                    "--model",
+                    model,
+                    "--input",
+                    input.to_str().unwrap(),
+                    "--output",
+                    "/dev/null",
+                    "--batch-size",
+                    "32",
+                    "--timing",
+                ],
+            ))?;
+            let p = measure(&mut py(&["encode", model, input.to_str().unwrap(), "32"]))?;
+            if i > 0 {
+                ours.push(n as f64 / json_field(&r.stderr, "encode_s")?);
+                theirs.push(n as f64 / json_field(&p.stdout, "encode_s")?);
+            }
+        }
+        let sample = work.join("sample.txt");
+        std::fs::write(&sample, texts[..200.min(n)].join("\n") + "\n")?;
+        let embed = |precision: &str| -> Result<Vec<Vec<f64>>> {
+            let out = work.join(format!("sample-{precision}.jsonl"));
+            measure(&mut st_cmd(
+                "tch",
+                &[
+                    "--precision",
+                    precision,
+                    "encode",
+                    "--model",
+                    model,
+                    "--input",
+                    sample.to_str().unwrap(),
+                    "--output",
+                    out.to_str().unwrap(),
+                ],
+            ))?;
+            std::fs::read_to_string(&out)?
+                .lines()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l)?;
+                    Ok(v["embedding"]
+                        .as_array()
+                        .context("no embedding")?
+                        .iter()
+                        .filter_map(|x| x.as_f64())
+                        .collect())
+                })
+                .collect()
+        };
+        let (full, half) = (embed("fp32")?, embed("bf16")?);
+        let min_cos = full
+            .iter()
+            .zip(&half)
+            .map(|(a, b)| {
+                let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+                let na = a.iter().map(|x| x * x).sum::<f64>().sqrt();
+                let nb = b.iter().map(|x| x * x).sum::<f64>().sqrt();
+                dot / (na * nb)
+            })
+            .fold(f64::INFINITY, f64::min);
+        let (o, t) = (median(ours), median(theirs));
+        reduced = Some((o, o / t, min_cos));
+    }
+
     let mut cold_ours = vec![Vec::new(); backends.len()];
     let mut cold_theirs = Vec::new();
     let mut cold_rss = (vec![0f64; backends.len()], 0f64);
@@ -403,7 +478,17 @@ pub fn run(
         "encode_throughput_ratio_b128_backend".into(),
         b128_backend.into(),
     );
-    report.insert("reduced_precision_ratio".into(), serde_json::Value::Null);
+    match reduced {
+        Some((rate, ratio, cos)) => {
+            report.insert("reduced_precision_ratio".into(), ratio.into());
+            report.insert("reduced_precision_backend".into(), "tch bf16".into());
+            report.insert("reduced_precision_sentences_per_s".into(), rate.into());
+            report.insert("reduced_precision_min_cosine".into(), cos.into());
+        }
+        None => {
+            report.insert("reduced_precision_ratio".into(), serde_json::Value::Null);
+        }
+    }
     report.insert("cold_start_s".into(), rows[2].st[0].into());
     report.insert(
         "cold_start_ratio".into(),

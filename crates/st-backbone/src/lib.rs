@@ -37,7 +37,7 @@
 //! libtorch 2.9.0, which `cargo xtask setup-libtorch` fetches) and on WebGPU
 //! (`burn-wgpu = "=0.21.0"`; needs a Vulkan, Metal or DX12 driver):
 //!
-//! ```ignore
+//! ```text
 //! use burn_tch::{LibTorch, LibTorchDevice};
 //! hidden_dims::<LibTorch>(&LibTorchDevice::Cuda(0)); // or LibTorchDevice::Cpu
 //!

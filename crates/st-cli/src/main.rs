@@ -62,6 +62,10 @@ struct Cli {
     /// cpu. Default: tch takes the first CUDA GPU if it sees one, wgpu its best adapter.
     #[arg(long, global = true, value_name = "DEVICE", env = "ST_DEVICE")]
     device: Option<String>,
+    /// Precision of the forward pass: fp32 (default, exact parity with Python), or bf16 / f16
+    /// on the tch backend (inference only; embeddings come back as f32).
+    #[arg(long, global = true, value_enum, default_value = "fp32")]
+    precision: Precision,
     #[command(subcommand)]
     command: Command,
 }
@@ -231,6 +235,9 @@ fn run(cli: Cli) -> Result<()> {
         return Err(cli.backend.missing());
     }
     let device = cli.device.as_deref();
+    if cli.precision != Precision::Fp32 {
+        return run_reduced(cli.backend, cli.precision, cli.command, device);
+    }
     match cli.backend {
         BackendKind::Flex => run_on::<burn_flex::Flex>(cli.command, &backend::flex_device(device)?),
         #[cfg(feature = "tch")]
@@ -244,12 +251,74 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// Inference in bf16 or f16: weights are converted on load, results come back as f32.
+fn run_reduced(
+    kind: BackendKind,
+    precision: Precision,
+    command: Command,
+    device: Option<&str>,
+) -> Result<()> {
+    if let Command::Train(_) = command {
+        bail!("training runs in fp32: drop --precision (reduced precision is for inference)");
+    }
+    match (kind, precision) {
+        #[cfg(feature = "tch")]
+        (BackendKind::Tch, Precision::Bf16) => run_inference::<
+            burn_tch::LibTorch<burn::tensor::bf16>,
+        >(command, &backend::tch_device(device)?),
+        #[cfg(feature = "tch")]
+        (BackendKind::Tch, Precision::F16) => {
+            run_inference::<burn_tch::LibTorch<burn::tensor::f16>>(
+                command,
+                &backend::tch_device(device)?,
+            )
+        }
+        _ => {
+            let _ = (command, device);
+            bail!(
+                "--precision {} runs on --backend tch (libtorch's bf16/f16 kernels); {} computes in fp32",
+                precision.name(),
+                kind.name()
+            )
+        }
+    }
+}
+
+/// Floating-point precision of the forward pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Precision {
+    /// 32-bit floats: exact parity with Python sentence-transformers.
+    Fp32,
+    /// bfloat16 (tch backend): faster on CPUs with AVX-512 BF16 / AMX and on GPUs.
+    Bf16,
+    /// IEEE half (tch backend): for GPUs.
+    F16,
+}
+
+impl Precision {
+    fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+        }
+    }
+}
+
 /// Runs one command on backend `B` (training on `Autodiff<B>`).
 fn run_on<B: Backend>(command: Command, device: &B::Device) -> Result<()> {
     match command {
+        Command::Train(args) => tasks::train::<burn_autodiff::Autodiff<B>>(*args, device),
+        other => run_inference::<B>(other, device),
+    }
+}
+
+/// Every command but training, on backend `B`.
+fn run_inference<B: Backend>(command: Command, device: &B::Device) -> Result<()> {
+    match command {
         Command::Encode(args) => encode::<B>(args, device),
         Command::Similarity { model, texts } => similarity::<B>(&model, &texts, device),
-        Command::Train(args) => tasks::train::<burn_autodiff::Autodiff<B>>(*args, device),
+        Command::Train(_) => unreachable!("training goes through run_on"),
         Command::Eval {
             benchmark: Some(EvalCommand::Sts { model, data, json }),
             ..

@@ -131,6 +131,24 @@ fn embeddings_match_python<B: Backend>(device: &B::Device) {
     }
 }
 
+/// Reduced precision (bf16 / f16 weights and activations): final embeddings stay within
+/// cosine 0.999 of Python's fp32 ones.
+#[cfg(feature = "tch")]
+fn reduced_precision_embeddings<B: Backend>(device: &B::Device) {
+    let reference = Reference::get();
+    let encoder = SentenceEncoder::<B>::from_dir(model_dir(), device).unwrap();
+    let texts: Vec<&str> = reference.sentences.iter().map(String::as_str).collect();
+    let got = encoder.encode(&texts).unwrap();
+    let want = reference.tensor("embeddings");
+    for (i, (g, w)) in got.iter().zip(want.chunks(384)).enumerate() {
+        let c = cosine(g, w);
+        assert!(
+            c >= 0.999,
+            "embedding {i}: cosine {c:.5} in reduced precision"
+        );
+    }
+}
+
 fn dataset(name: &str) -> PathBuf {
     manifest_dir()
         .join("../../datasets/topic_sentiment")
@@ -425,6 +443,11 @@ mod tch {
     #[test]
     fn cli_backend_flag() {
         super::cli_backend_flag("tch");
+    }
+
+    #[test]
+    fn bf16_embeddings_stay_close() {
+        super::reduced_precision_embeddings::<LibTorch<burn::tensor::bf16>>(&LibTorchDevice::Cpu);
     }
 }
 
