@@ -89,6 +89,27 @@ impl Experiments<'_> {
             .filter(|l| !l.starts_with("output = ") && !l.starts_with('#') && !l.trim().is_empty())
             .collect::<Vec<_>>()
             .join("\n");
+        // A finished run of the same config and backend (an earlier, interrupted invocation) is
+        // kept: reruns resume where they stopped. Delete target/experiments to start over.
+        let saved = out.with_extension("result.json");
+        let key = format!("backend {}\n{key}", self.backend);
+        if let Ok(text) = std::fs::read_to_string(&saved)
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+            && v["key"].as_str() == Some(key.as_str())
+            && out.join("metrics.jsonl").is_file()
+        {
+            eprintln!("   finished earlier: {}", saved.display());
+            let result = RunResult {
+                metrics: serde_json::from_value(v["metrics"].clone())?,
+                trainable: v["trainable"].as_u64().unwrap_or(0),
+                step_ms: v["step_ms"].as_f64().unwrap_or(f64::NAN),
+                steps: v["steps"].as_u64().unwrap_or(0),
+            };
+            self.done
+                .borrow_mut()
+                .insert(key, (out.to_path_buf(), result.clone()));
+            return Ok(result);
+        }
         let _ = std::fs::remove_dir_all(out);
         let _ = std::fs::remove_file(out);
         if let Some((dir, result)) = self.done.borrow().get(&key) {
@@ -154,6 +175,17 @@ impl Experiments<'_> {
             step_ms,
             steps,
         };
+        std::fs::write(
+            &saved,
+            serde_json::json!({
+                "key": key,
+                "metrics": result.metrics,
+                "trainable": result.trainable,
+                "step_ms": result.step_ms,
+                "steps": result.steps,
+            })
+            .to_string(),
+        )?;
         self.done
             .borrow_mut()
             .insert(key, (out.to_path_buf(), result.clone()));

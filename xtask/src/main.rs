@@ -151,13 +151,10 @@ fn run() -> Result<()> {
                 backends,
                 flex_st,
             };
-            bench::run(
-                &workspace_root(),
-                &dir,
-                &python,
-                &target.join("release/st"),
-                &settings,
-            )
+            // Private copies: other builds may replace target/release/st while this runs.
+            let st = bench_dir.join("st-backends");
+            std::fs::copy(target.join("release/st"), &st)?;
+            bench::run(&workspace_root(), &dir, &python, &st, &settings)
         }
         Some("e2e") => {
             let backend = args
@@ -173,7 +170,10 @@ fn run() -> Result<()> {
             let target = std::env::var_os("CARGO_TARGET_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| workspace_root().join("target"));
-            let st = target.join("release/st");
+            // A private copy: other builds may replace target/release/st while this runs.
+            let st = workspace_root().join("target/e2e/st");
+            std::fs::create_dir_all(st.parent().expect("has a parent"))?;
+            std::fs::copy(target.join("release/st"), &st)?;
             let e2e = e2e::E2e {
                 st: &st,
                 backend: &backend,
@@ -223,7 +223,10 @@ fn run() -> Result<()> {
             let target = std::env::var_os("CARGO_TARGET_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| workspace_root().join("target"));
-            let st = target.join("release/st");
+            // A private copy: other builds may replace target/release/st while this runs.
+            let st = workspace_root().join("target/experiments/st");
+            std::fs::create_dir_all(st.parent().expect("has a parent"))?;
+            std::fs::copy(target.join("release/st"), &st)?;
             let root = workspace_root();
             let runner = experiments::Experiments {
                 done: Default::default(),

@@ -85,27 +85,24 @@ fn panel<DB: DrawingBackend>(
     title: &str,
     series: &Series,
     log_y: bool,
+    (x0, x1): (f64, f64),
+    markers: bool,
 ) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
     let points = series.values().flatten();
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for &(x, y) in points {
-        x0 = x0.min(x);
-        x1 = x1.max(x);
+    let (mut y0, mut y1) = (f64::MAX, f64::MIN);
+    for &(_, y) in points {
         if !log_y || y > 0.0 {
             y0 = y0.min(y);
             y1 = y1.max(y);
         }
     }
-    if series.is_empty() || x0 > x1 {
+    if series.is_empty() || y0 > y1 {
         area.titled(&format!("{title} (none logged)"), ("sans-serif", 16))
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         return Ok(());
-    }
-    if x1 <= x0 {
-        x1 = x0 + 1.0;
     }
     if y1 <= y0 {
         y1 = y0 + y0.abs().max(1e-12) * 0.1;
@@ -135,6 +132,12 @@ where
                     .copied()
                     .filter(|(_, y)| !log_y || *y > 0.0)
                     .collect();
+                if markers {
+                    // Evaluations are few (one per epoch): show each one.
+                    chart
+                        .draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))
+                        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                }
                 chart
                     .draw_series(LineSeries::new(pts, color.stroke_width(2)))
                     .map_err(|e| anyhow::anyhow!("{e:?}"))?
@@ -187,20 +190,43 @@ pub fn plot(run_dir: &Path, out: &Path) -> Result<String> {
             .titled(&title, ("sans-serif", 20))
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let panels = root.split_evenly((2, 2));
-        panel(
-            &panels[0],
-            "training loss per task (smoothed)",
-            &loss,
-            false,
-        )?;
+        // One step axis for all four panels, so they line up.
+        let steps = [&curves.loss, &curves.metric, &curves.lr, &curves.weight]
+            .into_iter()
+            .flat_map(|s| s.values().flatten().map(|p| p.0))
+            .fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
+        let xs = if steps.1 > steps.0 {
+            // A little room on the right, so the last evaluation's marker shows whole.
+            (steps.0, steps.1 + (steps.1 - steps.0) * 0.02)
+        } else {
+            (steps.0.min(0.0), steps.0.max(0.0) + 1.0)
+        };
+        let loss_title = "training loss per task (smoothed)";
+        panel(&panels[0], loss_title, &loss, false, xs, false)?;
         panel(
             &panels[1],
             "evaluation metric per task",
             &curves.metric,
             false,
+            xs,
+            true,
         )?;
-        panel(&panels[2], "learning rate per group", &curves.lr, true)?;
-        panel(&panels[3], "loss weight per task", &curves.weight, false)?;
+        panel(
+            &panels[2],
+            "learning rate per group",
+            &curves.lr,
+            true,
+            xs,
+            false,
+        )?;
+        panel(
+            &panels[3],
+            "loss weight per task",
+            &curves.weight,
+            false,
+            xs,
+            false,
+        )?;
         root.present().map_err(|e| anyhow::anyhow!("{e:?}"))?;
     }
     std::fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;
