@@ -232,6 +232,22 @@ impl Experiments<'_> {
                 per_seed.push(r);
             }
             if !stage {
+                // Curves of the first seed's run, for the docs to embed.
+                let plots = self.root.join("docs/experiments/plots");
+                std::fs::create_dir_all(&plots)?;
+                let run = work.join(format!("{name}-s{}", self.seeds[0]));
+                let svg = plots.join(format!("{table}-{name}.svg"));
+                if run.join("metrics.jsonl").is_file() {
+                    let status = Command::new(self.st)
+                        .arg("plot")
+                        .arg(&run)
+                        .arg("--output")
+                        .arg(&svg)
+                        .status()?;
+                    if !status.success() {
+                        bail!("st plot failed on {}", run.display());
+                    }
+                }
                 results.push((name, label, per_seed));
             }
         }
@@ -250,8 +266,8 @@ impl Experiments<'_> {
         for c in &columns {
             md.push_str(&format!(" {c} |"));
         }
-        md.push_str(" trainable params | steps | ms/step | config |\n|---|");
-        md.push_str(&"---|".repeat(columns.len() + 4));
+        md.push_str(" trainable params | steps | ms/step | config | curves |\n|---|");
+        md.push_str(&"---|".repeat(columns.len() + 5));
         md.push('\n');
         for (name, label, runs) in &results {
             md.push_str(&format!("| {label} |"));
@@ -271,7 +287,7 @@ impl Experiments<'_> {
             }
             let r = &runs[0];
             md.push_str(&format!(
-                " {} | {} | {:.0} | [{name}.toml]({table}/{name}.toml) |\n",
+                " {} | {} | {:.0} | [{name}.toml]({table}/{name}.toml) | [svg](plots/{table}-{name}.svg) |\n",
                 r.trainable,
                 r.steps,
                 median(runs.iter().map(|r| r.step_ms).collect())

@@ -317,7 +317,8 @@ fn test(backends: &str) -> Result<()> {
     // Unit, integration and doc tests of every crate, in one build. The output passes through;
     // the per-binary counts are added up into one closing line.
     let mut cmd = cargo();
-    cmd.args(["test", "--workspace"]);
+    // --no-fail-fast: one failing test binary must not hide the others' results.
+    cmd.args(["test", "--workspace", "--no-fail-fast"]);
     with_backends(&mut cmd, backends)?;
     cmd.stdout(std::process::Stdio::piped());
     eprintln!("$ {cmd:?}");

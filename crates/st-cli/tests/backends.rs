@@ -180,6 +180,8 @@ fn tiny_trained_model(dir: &Path) {
         ..BertConfig::tiny(vocab.len())
     };
     let device = Default::default();
+    // A fixed initialization, so every run of this test trains the same model.
+    <Flex as Backend>::seed(&device, 7);
     let bert = config.init::<Flex>(false, &device);
     let tokenizer = BertTokenizer::from_dir(dir, 64).unwrap();
     let pooling = Pooling::new([PoolingMode::Mean], config.hidden_size).unwrap();
@@ -339,11 +341,12 @@ fn training_steps<B: AutodiffBackend>(device: &B::Device) {
         total - close
     );
 
-    // Five full-batch steps lower the loss.
+    // Five full-batch steps with a constant rate: the loss goes down at every step.
     let (losses, _) = run::<B>(&model, &dir.path().join("five"), 5, device);
     assert_eq!(losses.len(), 5);
+    let falls = losses.windows(2).all(|w| w[1] < w[0] + 1e-4);
     assert!(
-        losses[4] < losses[0] * 0.98,
+        falls && losses[4] < losses[0] * 0.995,
         "loss did not decrease: {losses:?}"
     );
 }
