@@ -279,9 +279,9 @@ pub fn run(
             let r = measure(&mut st_cmd(
                 "tch",
                 &[
+                    "encode",
                     "--precision",
                     "bf16",
-                    "encode",
                     "--model",
                     model,
                     "--input",
@@ -306,9 +306,9 @@ pub fn run(
             measure(&mut st_cmd(
                 "tch",
                 &[
+                    "encode",
                     "--precision",
                     precision,
-                    "encode",
                     "--model",
                     model,
                     "--input",

@@ -5,6 +5,7 @@
 //! `LayerNorm` → `layer_norm` and `attention.self` → `attention.self_attn` (see `weights.rs`).
 
 use burn::module::Module;
+use burn::module::{ModuleMapper, Param};
 use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear,
     LinearConfig,
@@ -13,7 +14,7 @@ use burn::tensor::activation::{relu, softmax, tanh};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::{Bool, FloatDType, Int, Tensor};
 
 use crate::config::{BertConfig, HiddenAct};
 
@@ -81,7 +82,7 @@ impl<B: Backend> BertSelfAttention<B> {
     /// `x`: `[batch, seq, hidden]`; `key_padding`: `[batch, seq]`, true where a key is padding.
     pub fn forward(&self, x: Tensor<B, 3>, key_padding: Tensor<B, 2, Bool>) -> Tensor<B, 3> {
         let [batch, seq, hidden] = x.dims();
-        let x_device = x.device();
+        let (x_device, x_dtype) = (x.device(), x.dtype());
         let head_dim = hidden / self.num_heads;
         let split = |t: Tensor<B, 3>| {
             t.reshape([batch, seq, self.num_heads, head_dim])
@@ -94,6 +95,7 @@ impl<B: Backend> BertSelfAttention<B> {
         // burn-tch 0.21 hands burn's mask (true = masked out) to PyTorch's SDPA, where true
         // means "attend", so a boolean mask inverts there. The bias means the same everywhere.
         let bias = Tensor::<B, 4>::zeros([batch, 1, 1, seq], &x_device)
+            .cast(x_dtype)
             .mask_fill(key_padding.reshape([batch, 1, 1, seq]), f32::NEG_INFINITY)
             .expand([batch, self.num_heads, seq, seq]);
 
@@ -252,7 +254,23 @@ impl BertConfig {
     }
 }
 
+/// Casts every float parameter to one dtype.
+struct CastFloats(FloatDType);
+
+impl<B: Backend> ModuleMapper<B> for CastFloats {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        Param::from_mapped_value(id, tensor.cast(self.0), mapper)
+    }
+}
+
 impl<B: Backend> BertModel<B> {
+    /// The same model with its weights, and so its activations, in `dtype` (e.g. bf16 for
+    /// reduced-precision inference). Outputs come back in that dtype.
+    pub fn with_float_dtype(self, dtype: FloatDType) -> Self {
+        self.map(&mut CastFloats(dtype))
+    }
+
     /// The last hidden state, `[batch, seq, hidden]`.
     pub fn forward(&self, input: BertInput<B>) -> Tensor<B, 3> {
         self.run(input, false).last_hidden_state

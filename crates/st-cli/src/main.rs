@@ -62,10 +62,7 @@ struct Cli {
     /// cpu. Default: tch takes the first CUDA GPU if it sees one, wgpu its best adapter.
     #[arg(long, global = true, value_name = "DEVICE", env = "ST_DEVICE")]
     device: Option<String>,
-    /// Precision of the forward pass: fp32 (default, exact parity with Python), or bf16 / f16
-    /// on the tch backend (inference only; embeddings come back as f32).
-    #[arg(long, global = true, value_enum, default_value = "fp32")]
-    precision: Precision,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -178,6 +175,10 @@ struct ModelArgs {
     /// Sentences per forward pass.
     #[arg(long, default_value_t = 32, value_name = "N")]
     batch_size: usize,
+    /// Precision of the BERT forward pass: fp32 (exact parity with Python), or bf16 / f16
+    /// (reduced-precision inference; pooling and outputs stay f32).
+    #[arg(long, value_enum, default_value = "fp32")]
+    precision: Precision,
 }
 
 #[derive(Args)]
@@ -199,10 +200,9 @@ struct EncodeArgs {
 
 fn main() {
     let cli = Cli::parse();
+    // Also when wgpu is only listed (`info --backends`): opening an adapter wants it.
     #[cfg(feature = "wgpu")]
-    if cli.backend == BackendKind::Wgpu {
-        backend::ensure_runtime_dir();
-    }
+    backend::ensure_runtime_dir();
     if let Err(err) = run(cli) {
         eprintln!("error: {err:#}");
         std::process::exit(1);
@@ -235,9 +235,6 @@ fn run(cli: Cli) -> Result<()> {
         return Err(cli.backend.missing());
     }
     let device = cli.device.as_deref();
-    if cli.precision != Precision::Fp32 {
-        return run_reduced(cli.backend, cli.precision, cli.command, device);
-    }
     match cli.backend {
         BackendKind::Flex => run_on::<burn_flex::Flex>(cli.command, &backend::flex_device(device)?),
         #[cfg(feature = "tch")]
@@ -251,56 +248,23 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// Inference in bf16 or f16: weights are converted on load, results come back as f32.
-fn run_reduced(
-    kind: BackendKind,
-    precision: Precision,
-    command: Command,
-    device: Option<&str>,
-) -> Result<()> {
-    if let Command::Train(_) = command {
-        bail!("training runs in fp32: drop --precision (reduced precision is for inference)");
-    }
-    match (kind, precision) {
-        #[cfg(feature = "tch")]
-        (BackendKind::Tch, Precision::Bf16) => run_inference::<
-            burn_tch::LibTorch<burn::tensor::bf16>,
-        >(command, &backend::tch_device(device)?),
-        #[cfg(feature = "tch")]
-        (BackendKind::Tch, Precision::F16) => {
-            run_inference::<burn_tch::LibTorch<burn::tensor::f16>>(
-                command,
-                &backend::tch_device(device)?,
-            )
-        }
-        _ => {
-            let _ = (command, device);
-            bail!(
-                "--precision {} runs on --backend tch (libtorch's bf16/f16 kernels); {} computes in fp32",
-                precision.name(),
-                kind.name()
-            )
-        }
-    }
-}
-
 /// Floating-point precision of the forward pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Precision {
     /// 32-bit floats: exact parity with Python sentence-transformers.
     Fp32,
-    /// bfloat16 (tch backend): faster on CPUs with AVX-512 BF16 / AMX and on GPUs.
+    /// bfloat16 weights and activations in the BERT (pooling stays f32).
     Bf16,
-    /// IEEE half (tch backend): for GPUs.
+    /// IEEE half weights and activations in the BERT (pooling stays f32); for GPUs.
     F16,
 }
 
 impl Precision {
-    fn name(self) -> &'static str {
+    fn dtype(self) -> Option<burn::tensor::FloatDType> {
         match self {
-            Precision::Fp32 => "fp32",
-            Precision::Bf16 => "bf16",
-            Precision::F16 => "f16",
+            Precision::Fp32 => None,
+            Precision::Bf16 => Some(burn::tensor::FloatDType::BF16),
+            Precision::F16 => Some(burn::tensor::FloatDType::F16),
         }
     }
 }
@@ -385,6 +349,9 @@ fn load<B: Backend>(args: &ModelArgs, device: &B::Device) -> Result<SentenceEnco
     }
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
+    }
+    if let Some(dtype) = args.precision.dtype() {
+        encoder = encoder.with_bert_dtype(dtype);
     }
     Ok(encoder)
 }

@@ -240,10 +240,28 @@ impl<B: Backend> SentenceEncoder<B> {
         x
     }
 
+    /// The BERT's last hidden state in f32, whatever precision the BERT runs in: pooling,
+    /// Dense and normalization always work in f32.
+    fn token_embeddings(&self, input: BertInput<B>) -> Tensor<B, 3> {
+        let tokens = self.bert.forward(input);
+        if tokens.dtype() == burn::tensor::DType::F32 {
+            tokens
+        } else {
+            tokens.cast(burn::tensor::FloatDType::F32)
+        }
+    }
+
+    /// Runs the BERT in `dtype` (bf16 or f16: reduced-precision inference; its weights are
+    /// converted once, here). Pooling and the modules after it stay in f32.
+    pub fn with_bert_dtype(mut self, dtype: burn::tensor::FloatDType) -> Self {
+        self.bert = self.bert.with_float_dtype(dtype);
+        self
+    }
+
     /// Token embeddings and the (unnormalized) pooled sentence features of one batch.
     pub fn features(&self, input: BertInput<B>) -> (Tensor<B, 3>, Tensor<B, 2>) {
         let mask = input.attention_mask.clone();
-        let tokens = self.bert.forward(input);
+        let tokens = self.token_embeddings(input);
         let pooled = self.pool_unnormalized(tokens.clone(), mask);
         (tokens, pooled)
     }
@@ -251,7 +269,7 @@ impl<B: Backend> SentenceEncoder<B> {
     /// Sentence embeddings for one padded batch, `[batch, dim]`. Differentiable: training uses it.
     pub fn forward(&self, input: BertInput<B>) -> Tensor<B, 2> {
         let mask = input.attention_mask.clone();
-        let tokens = self.bert.forward(input);
+        let tokens = self.token_embeddings(input);
         self.pool(tokens, mask)
     }
 
