@@ -163,17 +163,7 @@ fn run() -> Result<()> {
                 .map(|i| args.get(i + 1).cloned().unwrap_or_default())
                 .unwrap_or_else(|| "flex".into());
             let dir = download(st_hub::DEFAULT_MODEL)?;
-            let mut build = cargo();
-            build.args(["build", "--release", "-p", "st-cli", "--bin", "st"]);
-            with_backends(&mut build, &backend)?;
-            status(&mut build)?;
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| workspace_root().join("target"));
-            // A private copy: other builds may replace target/release/st while this runs.
-            let st = workspace_root().join("target/e2e/st");
-            std::fs::create_dir_all(st.parent().expect("has a parent"))?;
-            std::fs::copy(target.join("release/st"), &st)?;
+            let st = release_st(&backend, "e2e")?;
             let e2e = e2e::E2e {
                 st: &st,
                 backend: &backend,
@@ -216,17 +206,7 @@ fn run() -> Result<()> {
                 tables = EXPERIMENT_TABLES.iter().map(|s| s.to_string()).collect();
             }
             let dir = download(st_hub::DEFAULT_MODEL)?;
-            let mut build = cargo();
-            build.args(["build", "--release", "-p", "st-cli", "--bin", "st"]);
-            with_backends(&mut build, &backend)?;
-            status(&mut build)?;
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| workspace_root().join("target"));
-            // A private copy: other builds may replace target/release/st while this runs.
-            let st = workspace_root().join("target/experiments/st");
-            std::fs::create_dir_all(st.parent().expect("has a parent"))?;
-            std::fs::copy(target.join("release/st"), &st)?;
+            let st = release_st(&backend, "experiments")?;
             let root = workspace_root();
             let runner = experiments::Experiments {
                 done: Default::default(),
@@ -437,6 +417,22 @@ fn python_check_with(dir: &Path, st: &Path) -> Result<()> {
     );
     let _ = std::fs::remove_file(&tmp);
     result
+}
+
+/// Builds the release `st` with the backends in `backends` and returns a private copy of it in
+/// `target/<purpose>/st`: other builds may replace target/release/st while the caller runs.
+fn release_st(backends: &str, purpose: &str) -> Result<PathBuf> {
+    let mut build = cargo();
+    build.args(["build", "--release", "-p", "st-cli", "--bin", "st"]);
+    with_backends(&mut build, backends)?;
+    status(&mut build)?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let st = workspace_root().join("target").join(purpose).join("st");
+    std::fs::create_dir_all(st.parent().expect("has a parent"))?;
+    std::fs::copy(target.join("release/st"), &st)?;
+    Ok(st)
 }
 
 /// `$ST_DATASETS`, or `../shared/datasets` beside the repository.
