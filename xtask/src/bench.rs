@@ -204,6 +204,26 @@ pub fn run(
             .env("OMP_NUM_THREADS", &threads);
         c
     };
+    // One timed `st encode` of the whole input: its stderr carries {"encode_s": ...}.
+    let encode_timed = |backend: &str, batch: &str, precision: &str| -> Result<Run> {
+        measure(&mut st_cmd(
+            backend,
+            &[
+                "encode",
+                "--precision",
+                precision,
+                "--model",
+                model,
+                "--input",
+                input.to_str().context("input path is not UTF-8")?,
+                "--output",
+                "/dev/null",
+                "--batch-size",
+                batch,
+                "--timing",
+            ],
+        ))
+    };
     let json_field = |text: &str, key: &str| -> Result<f64> {
         let line = text
             .lines()
@@ -231,21 +251,7 @@ pub fn run(
         // Warm every side once (page cache, lazy init, kernel caches), then alternate.
         for i in 0..=runs {
             for (k, backend) in backends.iter().enumerate() {
-                let r = measure(&mut st_cmd(
-                    backend,
-                    &[
-                        "encode",
-                        "--model",
-                        model,
-                        "--input",
-                        input.to_str().unwrap(),
-                        "--output",
-                        "/dev/null",
-                        "--batch-size",
-                        &b,
-                        "--timing",
-                    ],
-                ))?;
+                let r = encode_timed(backend, &b, "fp32")?;
                 if i > 0 {
                     ours[k].push(n as f64 / json_field(&r.stderr, "encode_s")?);
                     encode_rss.0[k] = encode_rss.0[k].max(r.peak_rss_mb);
@@ -276,23 +282,7 @@ pub fn run(
     if backends.iter().any(|b| b == "tch") {
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         for i in 0..=runs {
-            let r = measure(&mut st_cmd(
-                "tch",
-                &[
-                    "encode",
-                    "--precision",
-                    "bf16",
-                    "--model",
-                    model,
-                    "--input",
-                    input.to_str().unwrap(),
-                    "--output",
-                    "/dev/null",
-                    "--batch-size",
-                    "32",
-                    "--timing",
-                ],
-            ))?;
+            let r = encode_timed("tch", "32", "bf16")?;
             let p = measure(&mut py(&["encode", model, input.to_str().unwrap(), "32"]))?;
             if i > 0 {
                 ours.push(n as f64 / json_field(&r.stderr, "encode_s")?);
