@@ -6,6 +6,8 @@ usage:
   bench.py train MODEL_DIR DATA.jsonl STEPS       -> {"step_ms": [...]} forward+backward+AdamW,
                                                      encoder + two classification heads,
                                                      batch 32, 64 tokens
+  bench.py matmul N PRECISION                     -> {"gflop_per_s": ...} best of 5 N×N products
+                                                     (fp32 or bf16), as `st info --matmul-peak`
 """
 import json
 import os
@@ -70,12 +72,29 @@ def train(model_dir, path, steps):
     print(json.dumps({"step_ms": times}))
 
 
+def matmul(n, precision):
+    import torch
+    torch.set_num_threads(threads)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    a, b = torch.rand(n, n).to(dtype), torch.rand(n, n).to(dtype)
+    times = []
+    for run in range(7):
+        start = time.perf_counter()
+        a @ b
+        if run >= 2:  # the first two warm caches and kernel selection up
+            times.append(time.perf_counter() - start)
+    print(json.dumps({"n": n, "precision": precision, "seconds": min(times),
+                      "gflop_per_s": 2 * n ** 3 / min(times) / 1e9}))
+
+
 if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "encode":
         encode(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     elif cmd == "cold":
         cold(sys.argv[2])
+    elif cmd == "matmul":
+        matmul(int(sys.argv[2]), sys.argv[3])
     elif cmd == "train":
         train(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     else:

@@ -186,6 +186,13 @@ impl Experiments<'_> {
             })
             .to_string(),
         )?;
+        // The run is finished: its resume state (weights + AdamW moments, ~4× the model) is
+        // only dead weight on disk. The model and metrics.jsonl stay for `start_from` and plots.
+        let resume = out.join("resume");
+        if resume.is_dir() {
+            std::fs::remove_dir_all(&resume)
+                .with_context(|| format!("removing {}", resume.display()))?;
+        }
         self.done
             .borrow_mut()
             .insert(key, (out.to_path_buf(), result.clone()));
@@ -286,11 +293,20 @@ impl Experiments<'_> {
                 }
             }
             let r = &runs[0];
+            // The fastest seed's median step: other jobs on the machine only add time.
+            let ms = runs
+                .iter()
+                .map(|r| r.step_ms)
+                .filter(|v| v.is_finite())
+                .fold(f64::INFINITY, f64::min);
+            let ms = if ms.is_finite() {
+                format!("{ms:.0}")
+            } else {
+                "–".to_string() // no training step (everything frozen)
+            };
             md.push_str(&format!(
-                " {} | {} | {:.0} | [{name}.toml]({table}/{name}.toml) | [svg](plots/{table}-{name}.svg) |\n",
-                r.trainable,
-                r.steps,
-                median(runs.iter().map(|r| r.step_ms).collect())
+                " {} | {} | {ms} | [{name}.toml]({table}/{name}.toml) | [svg](plots/{table}-{name}.svg) |\n",
+                r.trainable, r.steps,
             ));
         }
         let path = self

@@ -34,9 +34,11 @@ commands:
   reference [MODEL]   rewrite the parity fixtures (crates/st-pooling/tests/fixtures, and the tiny
                       pytorch_model.bin in crates/st-backbone/tests/fixtures) from Python
   bench [--quick] [--json] [--threads N] [--backends LIST]
-                      st vs Python sentence-transformers: encode throughput, cold start, peak
-                      RSS, training step, per backend in LIST (default flex,tch; wgpu on a
-                      software Vulkan driver is slow); writes docs/benchmarks.md (not --quick)
+                      st vs Python sentence-transformers: encode throughput (fp32 and bf16),
+                      cold start, peak RSS, training step, compute ceiling (FLOPs per sentence
+                      against each side's measured matmul peak), per backend in LIST (default
+                      flex,tch; wgpu on a software Vulkan driver is slow); writes
+                      docs/benchmarks.md (not --quick)
   e2e [--backend B]   the user journey with the release binary: fetch, encode, similarity,
                       eval sts, multi-task train (trec + sst2), eval, predict, reload in Python;
                       prints a summary table, fails on any regression

@@ -17,7 +17,7 @@ use burn::module::Module;
 use burn::tensor::backend::Backend;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use st_pooling::{EncodeOptions, PoolingMode, SentenceEncoder};
+use st_pooling::{EncodeOptions, EncodeOutput, PoolingMode, SentenceEncoder};
 
 use crate::backend::BackendKind;
 
@@ -139,6 +139,11 @@ Full control: st train --print-config > run.toml, edit, then st train --config r
         /// List compiled-in backends and their devices instead of describing a model.
         #[arg(long)]
         backends: bool,
+        /// Measure the backend's matmul throughput instead (GFLOP/s, best of 5 products of
+        /// two N×N matrices at --precision): the peak that `cargo xtask bench` compares
+        /// encoding against.
+        #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "2048")]
+        matmul_peak: Option<usize>,
     },
 }
 
@@ -306,6 +311,12 @@ fn run_inference<B: Backend>(command: Command, device: &B::Device) -> Result<()>
             texts,
             input,
         } => tasks::predict::<B>(&model, texts, input, device),
+        Command::Info {
+            model,
+            json,
+            matmul_peak: Some(n),
+            ..
+        } => matmul_peak::<B>(n, model.precision, json, device),
         Command::Info { model, json, .. } => info::<B>(&model, json, device),
         Command::Plot { .. } => unreachable!("handled before a backend is chosen"),
     }
@@ -363,7 +374,7 @@ fn embed<B: Backend>(
     texts: &[&str],
     batch_size: usize,
     label: impl Fn(usize) -> String,
-) -> Result<Vec<Vec<f32>>> {
+) -> Result<EncodeOutput> {
     let bar = if texts.len() > batch_size {
         ProgressBar::with_draw_target(Some(texts.len() as u64), ProgressDrawTarget::stderr())
     } else {
@@ -393,7 +404,7 @@ fn embed<B: Backend>(
             label(first)
         );
     }
-    Ok(out.embeddings)
+    Ok(out)
 }
 
 fn encode<B: Backend>(args: EncodeArgs, device: &B::Device) -> Result<()> {
@@ -411,21 +422,33 @@ fn encode<B: Backend>(args: EncodeArgs, device: &B::Device) -> Result<()> {
     let encoder = load::<B>(&args.model, device)?;
     let loaded = started.elapsed();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let embeddings = embed(&encoder, &refs, args.model.batch_size, |i| match &source {
+    let encoded = embed(&encoder, &refs, args.model.batch_size, |i| match &source {
         Some(p) => format!("{}:{}", p.display(), i + 1),
         None => format!("argument {}", i + 1),
     })?;
+    let encode_s = (started.elapsed() - loaded).as_secs_f64();
 
     if args.timing {
+        // The work the sentences need (no padding), for the compute-ceiling report.
+        let flops: f64 = encoded
+            .tokens
+            .iter()
+            .map(|&n| encoder.bert_config.forward_flops(n))
+            .sum();
         eprintln!(
             "{}",
             serde_json::json!({
                 "load_s": loaded.as_secs_f64(),
-                "encode_s": (started.elapsed() - loaded).as_secs_f64(),
+                "encode_s": encode_s,
                 "sentences": texts.len(),
+                "tokens": encoded.tokens.iter().sum::<usize>(),
+                "padded_tokens": encoded.padded_tokens,
+                "flops": flops,
+                "gflop_per_s": flops / encode_s / 1e9,
             })
         );
     }
+    let embeddings = encoded.embeddings;
     let mut out = Vec::with_capacity(texts.len() * (encoder.embedding_dim() * 12 + 32));
     for (text, embedding) in texts.iter().zip(&embeddings) {
         serde_json::to_writer(&mut out, &EncodedLine { text, embedding })?;
@@ -461,7 +484,8 @@ fn similarity<B: Backend>(args: &ModelArgs, texts: &[String], device: &B::Device
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let emb = embed(&encoder, &refs, args.batch_size, |i| {
         format!("text {}", i + 1)
-    })?;
+    })?
+    .embeddings;
     let n = texts.len();
     let short = |t: &str| -> String {
         let t: String = t.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -514,7 +538,8 @@ fn eval_sts<B: Backend>(
     unique.dedup();
     let emb = embed(&encoder, &unique, args.batch_size, |i| {
         format!("sentence {}", i + 1)
-    })?;
+    })?
+    .embeddings;
     let index = |s: &str| {
         unique
             .binary_search(&s)
@@ -542,6 +567,51 @@ fn eval_sts<B: Backend>(
             data.display(),
             pairs.len()
         );
+    }
+    Ok(())
+}
+
+/// Best-of-5 throughput of one `n×n · n×n` product on `B`: the compute ceiling for encoding,
+/// whose time is mostly matmuls.
+fn matmul_peak<B: Backend>(
+    n: usize,
+    precision: Precision,
+    json: bool,
+    device: &B::Device,
+) -> Result<()> {
+    use burn::tensor::{Distribution, Tensor};
+    if !(16..=16384).contains(&n) {
+        bail!("--matmul-peak N must be between 16 and 16384, got {n}");
+    }
+    let random = || {
+        let t = Tensor::<B, 2>::random([n, n], Distribution::Default, device);
+        match precision.dtype() {
+            Some(dtype) => t.cast(dtype),
+            None => t,
+        }
+    };
+    let (a, b) = (random(), random());
+    let sync = || B::sync(device).map_err(|e| anyhow::anyhow!("backend sync failed: {e:?}"));
+    let mut best = f64::INFINITY;
+    for run in 0..7 {
+        sync()?;
+        let started = std::time::Instant::now();
+        let c = a.clone().matmul(b.clone());
+        sync()?;
+        let elapsed = started.elapsed().as_secs_f64();
+        drop(c);
+        if run >= 2 {
+            best = best.min(elapsed); // the first two warm caches and kernel selection up
+        }
+    }
+    let gflops = 2.0 * (n as f64).powi(3) / best / 1e9;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"n": n, "precision": format!("{precision:?}").to_lowercase(), "seconds": best, "gflop_per_s": gflops})
+        );
+    } else {
+        println!("{n}×{n} matmul ({precision:?}): {gflops:.1} GFLOP/s (best of 5: {best:.4} s)");
     }
     Ok(())
 }

@@ -57,7 +57,9 @@ pub struct TrainArgs {
     /// Freezing rule (repeatable): none, all, backbone, embeddings, bottom:K, head:NAME.
     #[arg(long, value_name = "RULE")]
     freeze: Vec<Freeze>,
-    /// Task sampling: round_robin, proportional, or temperature:T.
+    /// Task sampling: which source each step's batch comes from. round_robin, proportional,
+    /// temperature:T (p ∝ size^(1/T)), or all_tasks (one batch of every source per step,
+    /// weighted losses summed: use it with --weighting uncertainty or dwa).
     #[arg(long, default_value = "proportional", value_parser = parse_sampling)]
     sampling: Sampling,
     /// Loss weighting: static, uncertainty, or dwa.
@@ -77,9 +79,12 @@ fn parse_sampling(s: &str) -> Result<Sampling, String> {
     match s {
         "round_robin" | "round-robin" => Ok(Sampling::RoundRobin),
         "proportional" => Ok(Sampling::Proportional),
+        "all_tasks" | "all-tasks" => Ok(Sampling::AllTasks),
         _ => match s.strip_prefix("temperature:").map(str::parse::<f64>) {
             Some(Ok(t)) if t > 0.0 => Ok(Sampling::Temperature { t }),
-            _ => Err("expected round_robin, proportional or temperature:T (T > 0)".into()),
+            _ => {
+                Err("expected round_robin, proportional, all_tasks or temperature:T (T > 0)".into())
+            }
         },
     }
 }

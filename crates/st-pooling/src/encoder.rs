@@ -45,6 +45,10 @@ pub struct EncodeOutput {
     pub embeddings: Vec<Vec<f32>>,
     /// Indices of inputs longer than `max_seq_length`, which were truncated.
     pub truncated: Vec<usize>,
+    /// Tokens per input after truncation, `[CLS]` and `[SEP]` included.
+    pub tokens: Vec<usize>,
+    /// Token slots the BERT computed: per batch, rows × its longest row (padding included).
+    pub padded_tokens: usize,
 }
 
 /// A sentence-transformers model: a BERT, a pooling, and the modules after it.
@@ -300,8 +304,10 @@ impl<B: Backend> SentenceEncoder<B> {
         let device = self.bert.devices().into_iter().next().unwrap_or_default();
         let dim = self.embedding_dim();
         let mut embeddings = vec![Vec::new(); texts.len()];
+        let mut padded_tokens = 0;
         for chunk in order.chunks(options.batch_size.max(1)) {
             let rows: Vec<&Encoded> = chunk.iter().map(|&i| &encoded[i]).collect();
+            padded_tokens += rows.len() * rows.iter().map(|r| r.ids.len()).max().unwrap_or(0);
             let batch = TokenBatch::pad(&rows, self.tokenizer.pad_id());
             let out = self.forward(batch.to_input::<B>(&device));
             let values = out
@@ -319,6 +325,8 @@ impl<B: Backend> SentenceEncoder<B> {
         Ok(EncodeOutput {
             embeddings,
             truncated,
+            tokens: encoded.iter().map(|e| e.ids.len()).collect(),
+            padded_tokens,
         })
     }
 }

@@ -120,6 +120,12 @@ impl LayerwiseLrDecay {
         }
     }
 
+    /// The rate of the task heads: `head_lr`, else `base`. Per-task parameters outside the
+    /// model (uncertainty weighting's log-variances) learn at it too.
+    pub fn head_rate(&self) -> f64 {
+        self.head_lr.unwrap_or(self.base)
+    }
+
     /// The rate of a group at `depth` in a network of `layers` layers.
     pub fn lr(&self, group: &str, depth: usize, layers: usize) -> f64 {
         if group.starts_with("head.")

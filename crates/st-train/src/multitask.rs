@@ -61,13 +61,18 @@ pub enum Sampling {
     Proportional,
     /// Probability ∝ size^(1/T): T=1 is proportional, large T approaches uniform.
     Temperature { t: f64 },
+    /// Every step takes one batch from every source and sums their weighted losses: the
+    /// setting loss weighting is written for. With one source per step, AdamW's per-parameter
+    /// normalization cancels most of a task's constant weight; summed in one step, the weights
+    /// set how the tasks' gradients mix.
+    AllTasks,
 }
 
 impl Sampling {
     /// Sampling probabilities for sources of these sizes.
     pub fn probabilities(&self, sizes: &[usize]) -> Vec<f64> {
         let raw: Vec<f64> = match self {
-            Sampling::RoundRobin => sizes.iter().map(|_| 1.0).collect(),
+            Sampling::RoundRobin | Sampling::AllTasks => sizes.iter().map(|_| 1.0).collect(),
             Sampling::Proportional => sizes.iter().map(|&n| n as f64).collect(),
             Sampling::Temperature { t } => {
                 sizes.iter().map(|&n| (n as f64).powf(1.0 / t)).collect()
@@ -77,9 +82,26 @@ impl Sampling {
         raw.iter().map(|x| x / total).collect()
     }
 
-    /// The source of the batch at `step`.
+    /// The sources whose batches make up the step at `step`: every one for
+    /// [`Sampling::AllTasks`], else one drawn by [`Sampling::pick`].
+    pub fn picks(&self, sizes: &[usize], step: usize, rng: &mut Rng) -> Vec<usize> {
+        match self {
+            Sampling::AllTasks => (0..sizes.len()).collect(),
+            _ => vec![self.pick(sizes, step, rng)],
+        }
+    }
+
+    /// Batches one step takes (one per source for [`Sampling::AllTasks`]).
+    pub fn batches_per_step(&self, sources: usize) -> usize {
+        match self {
+            Sampling::AllTasks => sources.max(1),
+            _ => 1,
+        }
+    }
+
+    /// The source of the batch at `step` (for [`Sampling::AllTasks`], the sources in turn).
     pub fn pick(&self, sizes: &[usize], step: usize, rng: &mut Rng) -> usize {
-        if let Sampling::RoundRobin = self {
+        if let Sampling::RoundRobin | Sampling::AllTasks = self {
             return step % sizes.len();
         }
         let p = self.probabilities(sizes);
@@ -206,6 +228,24 @@ mod tests {
             .map(|s| Sampling::RoundRobin.pick(&sizes, s, &mut rng))
             .collect();
         assert_eq!(rr, vec![0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn all_tasks_takes_every_source_each_step() {
+        let sizes = [100, 300, 5];
+        let mut rng = Rng::new(7);
+        for step in 0..3 {
+            assert_eq!(
+                Sampling::AllTasks.picks(&sizes, step, &mut rng),
+                vec![0, 1, 2]
+            );
+            assert_eq!(
+                Sampling::Proportional.picks(&sizes, step, &mut rng).len(),
+                1
+            );
+        }
+        assert_eq!(Sampling::AllTasks.batches_per_step(3), 3);
+        assert_eq!(Sampling::Temperature { t: 2.0 }.batches_per_step(3), 1);
     }
 
     #[test]

@@ -693,8 +693,13 @@ pub fn train<B: AutodiffBackend>(
 
     let sizes: Vec<usize> = sources.iter().map(|s| s.rows.len()).collect();
     let total_examples: usize = sizes.iter().sum();
+    // An epoch is one pass's worth of examples, however many batches a step takes.
     let steps_per_epoch = total_examples
-        .div_ceil(config.batch_size * config.grad_accumulation)
+        .div_ceil(
+            config.batch_size
+                * config.grad_accumulation
+                * config.sampling.batches_per_step(sources.len()),
+        )
         .max(1);
     let total_steps = config.max_steps.unwrap_or(steps_per_epoch * config.epochs);
 
@@ -814,62 +819,63 @@ pub fn train<B: AutodiffBackend>(
                 0,
                 (step * config.grad_accumulation + micro) as u64,
             );
-            let s = config.sampling.pick(&sizes, step, &mut rng);
-            let picked = sources[s].next_batch(config.batch_size, config.seed, s as u64);
-            let rows: Vec<&Row> = picked.iter().map(|&i| &sources[s].rows[i]).collect();
-            let (input, targets) = batch_input::<B>(&rows, pad_id, specs.len(), device);
-            let wanted: Vec<bool> = targets.iter().map(Option::is_some).collect();
-            let outputs = model.forward(input, &wanted);
-            let mut total: Option<Tensor<B, 1>> = None;
-            for (h, (out, target)) in outputs.into_iter().zip(targets).enumerate() {
-                let (Some(out), Some(target)) = (out, target) else {
-                    continue;
-                };
-                let (loss, n) = masked_cross_entropy(out.flat_logits(), target);
-                if n == 0 {
-                    continue;
-                }
-                let value = loss.clone().into_scalar().elem::<f64>();
-                if !value.is_finite() {
-                    return Err(TrainError::Diverged(format!(
-                        "task `{}` loss is {value} at step {step}; the last good checkpoint in {} is kept \
-                         (try a lower learning rate)",
-                        specs[h].name,
-                        config.output.display()
-                    )));
-                }
-                let (weighted, weight) = match (&config.weighting, &uncertainty) {
-                    (Weighting::Uncertainty, Some(u)) => (u.weigh(h, loss), u.weights()[h]),
-                    (Weighting::Static { weights }, _) => {
-                        let w = weights.get(&specs[h].name).copied().unwrap_or(1.0);
-                        (loss * w, w)
+            for s in config.sampling.picks(&sizes, step, &mut rng) {
+                let picked = sources[s].next_batch(config.batch_size, config.seed, s as u64);
+                let rows: Vec<&Row> = picked.iter().map(|&i| &sources[s].rows[i]).collect();
+                let (input, targets) = batch_input::<B>(&rows, pad_id, specs.len(), device);
+                let wanted: Vec<bool> = targets.iter().map(Option::is_some).collect();
+                let outputs = model.forward(input, &wanted);
+                let mut total: Option<Tensor<B, 1>> = None;
+                for (h, (out, target)) in outputs.into_iter().zip(targets).enumerate() {
+                    let (Some(out), Some(target)) = (out, target) else {
+                        continue;
+                    };
+                    let (loss, n) = masked_cross_entropy(out.flat_logits(), target);
+                    if n == 0 {
+                        continue;
                     }
-                    _ => (loss * dwa_weights[h], dwa_weights[h]),
-                };
-                epoch_losses[h].0 += value;
-                epoch_losses[h].1 += 1;
-                step_losses.push((specs[h].name.clone(), value, weight));
-                total = Some(match total {
-                    Some(t) => t + weighted,
-                    None => weighted,
-                });
-            }
-            let Some(total) = total else { continue };
-            let total = total / config.grad_accumulation as f64;
-            let mut grads = total.backward();
-            let ids: Vec<_> = trainable
-                .iter()
-                .flat_map(|g| g.params.iter().map(|p| p.id))
-                .collect();
-            let micro_grads = GradientsParams::from_params(&mut grads, &model, &ids);
-            for p in trainable.iter().flat_map(|g| &g.params) {
-                add_grad::<B::InnerBackend>(&mut accumulated, &micro_grads, p);
-            }
-            if let Some(u) = &uncertainty {
-                let g = GradientsParams::from_module(&mut grads, u);
-                let sum = uncertainty_grads.get_or_insert_with(GradientsParams::new);
-                for p in &params(u) {
-                    add_grad::<B::InnerBackend>(sum, &g, p);
+                    let value = loss.clone().into_scalar().elem::<f64>();
+                    if !value.is_finite() {
+                        return Err(TrainError::Diverged(format!(
+                            "task `{}` loss is {value} at step {step}; the last good checkpoint in {} is kept \
+                         (try a lower learning rate)",
+                            specs[h].name,
+                            config.output.display()
+                        )));
+                    }
+                    let (weighted, weight) = match (&config.weighting, &uncertainty) {
+                        (Weighting::Uncertainty, Some(u)) => (u.weigh(h, loss), u.weights()[h]),
+                        (Weighting::Static { weights }, _) => {
+                            let w = weights.get(&specs[h].name).copied().unwrap_or(1.0);
+                            (loss * w, w)
+                        }
+                        _ => (loss * dwa_weights[h], dwa_weights[h]),
+                    };
+                    epoch_losses[h].0 += value;
+                    epoch_losses[h].1 += 1;
+                    step_losses.push((specs[h].name.clone(), value, weight));
+                    total = Some(match total {
+                        Some(t) => t + weighted,
+                        None => weighted,
+                    });
+                }
+                let Some(total) = total else { continue };
+                let total = total / config.grad_accumulation as f64;
+                let mut grads = total.backward();
+                let ids: Vec<_> = trainable
+                    .iter()
+                    .flat_map(|g| g.params.iter().map(|p| p.id))
+                    .collect();
+                let micro_grads = GradientsParams::from_params(&mut grads, &model, &ids);
+                for p in trainable.iter().flat_map(|g| &g.params) {
+                    add_grad::<B::InnerBackend>(&mut accumulated, &micro_grads, p);
+                }
+                if let Some(u) = &uncertainty {
+                    let g = GradientsParams::from_module(&mut grads, u);
+                    let sum = uncertainty_grads.get_or_insert_with(GradientsParams::new);
+                    for p in &params(u) {
+                        add_grad::<B::InnerBackend>(sum, &g, p);
+                    }
                 }
             }
         }
@@ -909,7 +915,9 @@ pub fn train<B: AutodiffBackend>(
             }
         }
         if let (Some(u), Some(g)) = (uncertainty.take(), uncertainty_grads) {
-            uncertainty = Some(opt_uncertainty.step(config.lr.base * factor, u, g));
+            // The log-variances are per-task parameters like the heads, and learn at the head
+            // rate: at the encoder's rate (~1e-4) they move by ~0.01 in a hundred steps.
+            uncertainty = Some(opt_uncertainty.step(config.lr.head_rate() * factor, u, g));
         }
         on_event(&Event::Step {
             step: step + 1,
