@@ -405,7 +405,7 @@ pub fn run(
     )?;
     ceiling.push(("Python ST".into(), "fp32", python_peak, rows[0].python));
     let mut ceiling_table = String::from(
-        "| side | precision | matmul peak (GFLOP/s) | encode, batch 32 (GFLOP/s) | share of peak |          sentences/s at 100% of peak |\n|---|---|---|---|---|---|\n",
+        "| side | precision | matmul peak (GFLOP/s) | encode, batch 32 (GFLOP/s) | share of peak | sentences/s at 100% of peak |\n|---|---|---|---|---|---|\n",
     );
     for (side, precision, peak, rate) in &ceiling {
         let achieved = rate * flops_per_sentence / 1e9;
@@ -633,8 +633,10 @@ pub fn run(
         } else {
             value <= target
         };
+        let shown = format!("{target:.2}");
+        let shown = shown.trim_end_matches('0').trim_end_matches('.');
         format!(
-            "| {name} | {} {target} | {value:.2} ({from}) | {} |\n",
+            "| {name} | {} {shown} | {value:.2} ({from}) | {} |\n",
             if higher { "≥" } else { "≤" },
             if met {
                 "met".to_string()
