@@ -177,6 +177,9 @@ pub fn run(
     } else {
         (2000, 3, 25)
     };
+    // A warm-up run per side (page cache, lazy init) before the timed ones; --quick times the
+    // first run and checks bf16 drift on fewer sentences, to stay under five minutes.
+    let (warmups, sample_n) = if settings.quick { (0, 50) } else { (1, 200) };
     let backends = &settings.backends;
     let threads = settings.threads.to_string();
     let texts = sentences(n, 2026);
@@ -250,11 +253,11 @@ pub fn run(
         let b = batch.to_string();
         let mut ours = vec![Vec::new(); backends.len()];
         let mut theirs = Vec::new();
-        // Warm every side once (page cache, lazy init, kernel caches), then alternate.
-        for i in 0..=runs {
+        // Warm every side once (not with --quick), then alternate the sides.
+        for i in 0..runs + warmups {
             for (k, backend) in backends.iter().enumerate() {
                 let r = encode_timed(backend, &b, "fp32")?;
-                if i > 0 {
+                if i >= warmups {
                     ours[k].push(n as f64 / json_field(&r.stderr, "encode_s")?);
                     encode_rss.0[k] = encode_rss.0[k].max(r.peak_rss_mb);
                 }
@@ -264,7 +267,7 @@ pub fn run(
                 );
             }
             let p = measure(&mut py(&["encode", model, input.to_str().unwrap(), &b]))?;
-            if i > 0 {
+            if i >= warmups {
                 theirs.push(n as f64 / json_field(&p.stdout, "encode_s")?);
                 encode_rss.1 = encode_rss.1.max(p.peak_rss_mb);
             }
@@ -291,7 +294,7 @@ pub fn run(
         min_cos: f64,
     }
     let sample = work.join("sample.txt");
-    std::fs::write(&sample, texts[..200.min(n)].join("\n") + "\n")?;
+    std::fs::write(&sample, texts[..sample_n.min(n)].join("\n") + "\n")?;
     let embed = |backend: &str, precision: &str| -> Result<Vec<Vec<f64>>> {
         let out = work.join(format!("sample-{backend}-{precision}.jsonl"));
         measure(&mut st_cmd(
@@ -325,15 +328,15 @@ pub fn run(
     {
         let mut ours = vec![Vec::new(); backends.len()];
         let mut theirs = Vec::new();
-        for i in 0..=runs {
+        for i in 0..runs + warmups {
             for (k, backend) in backends.iter().enumerate() {
                 let r = encode_timed(backend, "32", "bf16")?;
-                if i > 0 {
+                if i >= warmups {
                     ours[k].push(n as f64 / json_field(&r.stderr, "encode_s")?);
                 }
             }
             let p = measure(&mut py(&["encode", model, input.to_str().unwrap(), "32"]))?;
-            if i > 0 {
+            if i >= warmups {
                 theirs.push(n as f64 / json_field(&p.stdout, "encode_s")?);
             }
         }
