@@ -207,25 +207,36 @@ pub fn run(
             .env("OMP_NUM_THREADS", &threads);
         c
     };
+    // `st encode` of one input file at one precision; `extra`: batch size, --timing.
+    let st_encode = |backend: &str,
+                     precision: &str,
+                     input: &Path,
+                     output: &str,
+                     extra: &[&str]|
+     -> Result<Run> {
+        let mut args = vec![
+            "encode",
+            "--precision",
+            precision,
+            "--model",
+            model,
+            "--input",
+            input.to_str().context("input path is not UTF-8")?,
+            "--output",
+            output,
+        ];
+        args.extend_from_slice(extra);
+        measure(&mut st_cmd(backend, &args))
+    };
     // One timed `st encode` of the whole input: its stderr carries {"encode_s": ...}.
     let encode_timed = |backend: &str, batch: &str, precision: &str| -> Result<Run> {
-        measure(&mut st_cmd(
+        st_encode(
             backend,
-            &[
-                "encode",
-                "--precision",
-                precision,
-                "--model",
-                model,
-                "--input",
-                input.to_str().context("input path is not UTF-8")?,
-                "--output",
-                "/dev/null",
-                "--batch-size",
-                batch,
-                "--timing",
-            ],
-        ))
+            precision,
+            &input,
+            "/dev/null",
+            &["--batch-size", batch, "--timing"],
+        )
     };
     let json_field = |text: &str, key: &str| -> Result<f64> {
         let line = text
@@ -297,20 +308,13 @@ pub fn run(
     std::fs::write(&sample, texts[..sample_n.min(n)].join("\n") + "\n")?;
     let embed = |backend: &str, precision: &str| -> Result<Vec<Vec<f64>>> {
         let out = work.join(format!("sample-{backend}-{precision}.jsonl"));
-        measure(&mut st_cmd(
+        st_encode(
             backend,
-            &[
-                "encode",
-                "--precision",
-                precision,
-                "--model",
-                model,
-                "--input",
-                sample.to_str().context("sample path is not UTF-8")?,
-                "--output",
-                out.to_str().context("output path is not UTF-8")?,
-            ],
-        ))?;
+            precision,
+            &sample,
+            out.to_str().context("output path is not UTF-8")?,
+            &[],
+        )?;
         std::fs::read_to_string(&out)?
             .lines()
             .map(|l| {
