@@ -809,6 +809,11 @@ pub fn train<B: AutodiffBackend>(
             .iter()
             .filter(|g| config.freeze.trains(g, layers, step, epoch))
             .collect();
+        // The trainable parameters' ids, to pull their gradients out of every backward pass.
+        let ids: Vec<_> = trainable
+            .iter()
+            .flat_map(|g| g.params.iter().map(|p| p.id))
+            .collect();
         let mut accumulated = GradientsParams::new();
         let mut step_losses: Vec<(String, f64, f64)> = Vec::new();
         // Uncertainty log-variances: gradients summed over the micro-batches like the model's.
@@ -862,10 +867,6 @@ pub fn train<B: AutodiffBackend>(
                 let Some(total) = total else { continue };
                 let total = total / config.grad_accumulation as f64;
                 let mut grads = total.backward();
-                let ids: Vec<_> = trainable
-                    .iter()
-                    .flat_map(|g| g.params.iter().map(|p| p.id))
-                    .collect();
                 let micro_grads = GradientsParams::from_params(&mut grads, &model, &ids);
                 for p in trainable.iter().flat_map(|g| &g.params) {
                     add_grad::<B::InnerBackend>(&mut accumulated, &micro_grads, p);
