@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::stats::median;
+
 /// What one measured process did.
 struct Run {
     wall_s: f64,
@@ -51,19 +53,6 @@ fn measure(cmd: &mut Command) -> Result<Run> {
         bail!("{cmd:?} failed:\n{}", run.stderr);
     }
     Ok(run)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 /// A deterministic generator (SplitMix64) for the benchmark texts.

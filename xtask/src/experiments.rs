@@ -13,20 +13,14 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+use crate::stats::median;
+
 #[derive(Clone)]
 pub struct RunResult {
     metrics: BTreeMap<String, f64>,
     trainable: u64,
     step_ms: f64,
     steps: u64,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v[v.len() / 2]
 }
 
 fn mean_std(v: &[f64]) -> (f64, f64) {
@@ -48,6 +42,9 @@ pub struct Experiments<'a> {
     pub done: Done,
     pub root: &'a Path,
     pub st: &'a Path,
+    /// sha256 of the `st` binary: part of every cached result's key, so a rebuilt `st`
+    /// reruns the rows instead of reusing numbers another binary produced.
+    pub st_sha256: String,
     pub backend: &'a str,
     pub model: &'a Path,
     pub datasets: PathBuf,
@@ -92,7 +89,7 @@ impl Experiments<'_> {
         // A finished run of the same config and backend (an earlier, interrupted invocation) is
         // kept: reruns resume where they stopped. Delete target/experiments to start over.
         let saved = out.with_extension("result.json");
-        let key = format!("backend {}\n{key}", self.backend);
+        let key = format!("backend {}\nst {}\n{key}", self.backend, self.st_sha256);
         if let Ok(text) = std::fs::read_to_string(&saved)
             && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
             && v["key"].as_str() == Some(key.as_str())
@@ -179,6 +176,7 @@ impl Experiments<'_> {
             &saved,
             serde_json::json!({
                 "key": key,
+                "st_sha256": self.st_sha256,
                 "metrics": result.metrics,
                 "trainable": result.trainable,
                 "step_ms": result.step_ms,

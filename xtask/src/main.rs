@@ -19,6 +19,7 @@ mod backends;
 mod bench;
 mod e2e;
 mod experiments;
+mod stats;
 
 const USAGE: &str = "usage: cargo xtask <command>
 
@@ -214,6 +215,7 @@ fn run() -> Result<()> {
                 done: Default::default(),
                 root: &root,
                 st: &st,
+                st_sha256: st_hub::sha256_file(&st)?,
                 backend: &backend,
                 model: &dir,
                 datasets: datasets_dir()?,

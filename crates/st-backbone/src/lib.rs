@@ -49,6 +49,7 @@
 //! `tests/backends.rs` runs the real model and training on each, see docs/backends.md.)
 //!
 
+mod atomic;
 mod config;
 mod model;
 mod tokenizer;
@@ -56,13 +57,14 @@ mod weights;
 
 use std::path::{Path, PathBuf};
 
+pub use atomic::{AtomicFile, write_atomic};
 pub use config::{BertConfig, HiddenAct};
 pub use model::{
     BertAttention, BertEmbeddings, BertEncoder, BertInput, BertIntermediate, BertLayer, BertModel,
     BertOutput, BertPooler, BertSelfAttention, BertSelfOutput,
 };
 pub use tokenizer::{BertTokenizer, Encoded, TokenBatch};
-pub use weights::{KEY_REMAPPING, find_weights, load_problems, write_atomic};
+pub use weights::{KEY_REMAPPING, find_weights, load_problems};
 
 /// Everything that can go wrong loading or running a backbone. Each variant names the file.
 #[derive(Debug, thiserror::Error)]

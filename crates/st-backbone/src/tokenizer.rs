@@ -128,6 +128,39 @@ impl BertTokenizer {
     }
 }
 
+impl BertTokenizer {
+    /// Tokenizes pre-split words (token classification); returns the ids and, per token, the
+    /// index of the word it starts (`None` for special tokens and non-first sub-words).
+    pub fn encode_words(
+        &self,
+        words: &[String],
+    ) -> Result<(Encoded, Vec<Option<usize>>), BackboneError> {
+        let enc = self
+            .inner
+            .encode(words.to_vec(), true)
+            .map_err(|e| BackboneError::Encode(e.to_string()))?;
+        let mut seen = None;
+        let starts = enc
+            .get_word_ids()
+            .iter()
+            .map(|w| {
+                let w = w.map(|w| w as usize);
+                let start = (w.is_some() && w != seen).then_some(w).flatten();
+                if w.is_some() {
+                    seen = w;
+                }
+                start
+            })
+            .collect();
+        let encoded = Encoded {
+            ids: enc.get_ids().to_vec(),
+            type_ids: enc.get_type_ids().to_vec(),
+            truncated: !enc.get_overflowing().is_empty(),
+        };
+        Ok((encoded, starts))
+    }
+}
+
 /// Row-major `[batch, seq]` arrays for one padded batch, backend-free.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenBatch {

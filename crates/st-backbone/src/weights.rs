@@ -168,37 +168,26 @@ impl<B: Backend> BertModel<B> {
     }
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same folder, then a rename, so a
-/// crash never leaves a half-written file under the final name.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BackboneError> {
-    let tmp = temp_sibling(path);
-    std::fs::write(&tmp, bytes).map_err(|e| BackboneError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| BackboneError::io(path, e))
-}
-
-fn temp_sibling(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
-}
-
 impl<B: Backend> BertModel<B> {
     /// Saves the weights as `model.safetensors` with Hugging Face key names (loadable by
     /// `transformers.BertModel`), written atomically.
     pub fn save_safetensors(&self, path: &Path) -> Result<(), BackboneError> {
-        let tmp = temp_sibling(path);
+        let tmp = crate::atomic::temp_sibling(path);
         let mut store = SafetensorsStore::from_file(&tmp).with_to_adapter(BurnToPyTorchAdapter);
         for (from, to) in SAVE_REMAPPING {
             store = store.with_key_remapping(from, *to);
         }
-        self.save_into(&mut store)
+        let saved = self
+            .save_into(&mut store)
             .map_err(|e| BackboneError::Weights {
                 path: path.to_path_buf(),
                 message: e.to_string(),
-            })?;
-        std::fs::rename(&tmp, path).map_err(|e| BackboneError::io(path, e))
+            })
+            .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| BackboneError::io(path, e)));
+        if saved.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        saved
     }
 
     /// Saves `config.json` and `model.safetensors` into `dir` (created if needed): a folder that
@@ -208,7 +197,7 @@ impl<B: Backend> BertModel<B> {
         let mut json = serde_json::to_value(config).expect("config serializes");
         json["architectures"] = serde_json::json!(["BertModel"]);
         let text = serde_json::to_string_pretty(&json).expect("json serializes");
-        write_atomic(&dir.join("config.json"), text.as_bytes())?;
+        crate::write_atomic(&dir.join("config.json"), text.as_bytes())?;
         self.save_safetensors(&dir.join("model.safetensors"))
     }
 }

@@ -1,41 +1,84 @@
 //! Reading texts to encode: plain lines, or JSONL objects with a `text` field.
 
-use std::io::Read;
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
-/// Reads texts from `path` (`-` is standard input). A `.jsonl` file holds one `{"text": ...}` per
-/// line; anything else is one text per line. Errors name the file and line.
-pub fn read_texts(path: &Path) -> Result<Vec<String>> {
-    let mut bytes = Vec::new();
-    if path == Path::new("-") {
-        std::io::stdin()
-            .read_to_end(&mut bytes)
-            .context("reading standard input")?;
-    } else {
-        bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    }
-    let jsonl = path.extension().is_some_and(|e| e == "jsonl");
-    parse_texts(&bytes, jsonl, &path.display().to_string())
+/// Texts read one line at a time, so `st encode` holds a window of the input, not all of it.
+/// A `.jsonl` source holds one `{"text": ...}` per line (blank lines skipped); anything else
+/// is one text per line (empty lines are empty texts; a final newline ends the last line).
+/// Errors name the source and line.
+pub struct TextSource {
+    reader: Box<dyn BufRead>,
+    jsonl: bool,
+    name: String,
+    line_no: usize,
 }
 
-/// Splits `bytes` into texts; `name` labels errors.
-pub fn parse_texts(bytes: &[u8], jsonl: bool, name: &str) -> Result<Vec<String>> {
-    let mut texts = Vec::new();
-    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
-    if body.is_empty() && !bytes.is_empty() {
-        // A file holding one newline: one empty text.
-        if !jsonl {
-            texts.push(String::new());
+/// One text and the line it came from (1-based), for messages.
+pub struct Line {
+    pub line_no: usize,
+    pub text: String,
+}
+
+impl TextSource {
+    /// Opens `path` (`-` is standard input).
+    pub fn open(path: &Path) -> Result<Self> {
+        let reader: Box<dyn BufRead> = if path == Path::new("-") {
+            Box::new(BufReader::new(std::io::stdin()))
+        } else {
+            let file =
+                std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+            Box::new(BufReader::new(file))
+        };
+        let jsonl = path.extension().is_some_and(|e| e == "jsonl");
+        Ok(Self::new(reader, jsonl, path.display().to_string()))
+    }
+
+    /// Reads `reader`; `name` labels errors.
+    pub fn new(reader: Box<dyn BufRead>, jsonl: bool, name: String) -> Self {
+        Self {
+            reader,
+            jsonl,
+            name,
+            line_no: 0,
         }
-        return Ok(texts);
     }
-    if bytes.is_empty() {
-        return Ok(texts);
+
+    /// The next `n` texts (fewer at the end of the input; none once it is exhausted).
+    pub fn next_window(&mut self, n: usize) -> Result<Vec<Line>> {
+        let mut window = Vec::with_capacity(n.min(4096));
+        let mut raw = Vec::new();
+        while window.len() < n {
+            raw.clear();
+            let read = self
+                .reader
+                .read_until(b'\n', &mut raw)
+                .with_context(|| format!("reading {}", self.name))?;
+            if read == 0 {
+                break;
+            }
+            self.line_no += 1;
+            if let Some(text) = self.parse_line(&raw)? {
+                window.push(Line {
+                    line_no: self.line_no,
+                    text,
+                });
+            }
+        }
+        Ok(window)
     }
-    for (i, raw) in body.split(|&b| b == b'\n').enumerate() {
-        let line_no = i + 1;
+
+    /// Every remaining text.
+    pub fn read_all(mut self) -> Result<Vec<String>> {
+        let lines = self.next_window(usize::MAX)?;
+        Ok(lines.into_iter().map(|l| l.text).collect())
+    }
+
+    fn parse_line(&self, raw: &[u8]) -> Result<Option<String>> {
+        let (name, line_no) = (&self.name, self.line_no);
+        let raw = raw.strip_suffix(b"\n").unwrap_or(raw);
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
         let line = std::str::from_utf8(raw).map_err(|e| {
             anyhow::anyhow!(
@@ -43,24 +86,34 @@ pub fn parse_texts(bytes: &[u8], jsonl: bool, name: &str) -> Result<Vec<String>>
                 e.valid_up_to() + 1
             )
         })?;
-        if !jsonl {
-            texts.push(line.to_string());
-            continue;
+        if !self.jsonl {
+            return Ok(Some(line.to_string()));
         }
         if line.trim().is_empty() {
-            continue; // blank lines separate nothing in JSONL
+            return Ok(None); // blank lines separate nothing in JSONL
         }
         let value: serde_json::Value = serde_json::from_str(line)
             .map_err(|e| anyhow::anyhow!("{name}:{line_no}: invalid JSON: {e}"))?;
         match value.get("text") {
-            Some(serde_json::Value::String(s)) => texts.push(s.clone()),
+            Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
             Some(_) => bail!("{name}:{line_no}: field `text` must be a string"),
             None => {
                 bail!("{name}:{line_no}: missing field `text` (expected {{\"text\": \"...\"}})")
             }
         }
     }
-    Ok(texts)
+}
+
+/// Reads every text from `path` (`-` is standard input); see [`TextSource`].
+pub fn read_texts(path: &Path) -> Result<Vec<String>> {
+    TextSource::open(path)?.read_all()
+}
+
+/// Splits `bytes` into texts; `name` labels errors.
+#[cfg(test)]
+fn parse_texts(bytes: &[u8], jsonl: bool, name: &str) -> Result<Vec<String>> {
+    let reader = Box::new(std::io::Cursor::new(bytes.to_vec()));
+    TextSource::new(reader, jsonl, name.to_string()).read_all()
 }
 
 #[cfg(test)]
@@ -82,6 +135,27 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t, vec!["a\tb\nc", ""]);
+    }
+
+    #[test]
+    fn windows_split_the_input_without_losing_or_repeating_a_line() {
+        let reader = Box::new(std::io::Cursor::new(b"a\n\nb\nc\nd".to_vec()));
+        let mut source = TextSource::new(reader, false, "f".into());
+        let mut seen = Vec::new();
+        loop {
+            let window = source.next_window(2).unwrap();
+            if window.is_empty() {
+                break;
+            }
+            seen.extend(window.into_iter().map(|l| (l.line_no, l.text)));
+        }
+        let expected: Vec<(usize, String)> = [(1, "a"), (2, ""), (3, "b"), (4, "c"), (5, "d")]
+            .into_iter()
+            .map(|(n, t)| (n, t.to_string()))
+            .collect();
+        assert_eq!(seen, expected);
+        assert_eq!(parse_texts(b"", false, "f").unwrap(), Vec::<String>::new());
+        assert_eq!(parse_texts(b"\n", false, "f").unwrap(), vec![""]);
     }
 
     #[test]

@@ -209,9 +209,22 @@ fn main() {
     #[cfg(feature = "wgpu")]
     backend::ensure_runtime_dir();
     if let Err(err) = run(cli) {
+        if is_broken_pipe(&err) {
+            // `st encode ... | head -1`: the reader has all it wanted.
+            return;
+        }
         eprintln!("error: {err:#}");
         std::process::exit(1);
     }
+}
+
+/// Whether `err` comes from writing to a pipe whose reader has gone.
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -367,26 +380,55 @@ fn load<B: Backend>(args: &ModelArgs, device: &B::Device) -> Result<SentenceEnco
     Ok(encoder)
 }
 
-/// Encodes with a progress bar (shown when stderr is a terminal and the input is long) and one
-/// warning for truncated inputs.
-fn embed<B: Backend>(
+/// A progress bar on stderr (drawn only when stderr is a terminal); `total` when known.
+fn progress_bar(total: Option<usize>) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(total.map(|n| n as u64), ProgressDrawTarget::stderr());
+    let template = match total {
+        Some(_) => "{spinner} encoding [{bar:30}] {pos}/{len} sentences, {per_sec}, eta {eta}",
+        None => "{spinner} encoding {pos} sentences, {per_sec}",
+    };
+    bar.set_style(
+        ProgressStyle::with_template(template)
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+/// Inputs cut at `max_seq_length`, reported once at the end.
+#[derive(Default)]
+struct Truncations {
+    count: usize,
+    first: Option<String>,
+}
+
+impl Truncations {
+    fn add(&mut self, out: &EncodeOutput, label: impl Fn(usize) -> String) {
+        self.count += out.truncated.len();
+        if self.first.is_none() {
+            self.first = out.truncated.first().map(|&i| label(i));
+        }
+    }
+
+    fn warn(&self, max_seq_length: usize) {
+        if let Some(first) = &self.first {
+            eprintln!(
+                "warning: {} input(s) longer than {max_seq_length} tokens were truncated (first: {first})",
+                self.count
+            );
+        }
+    }
+}
+
+/// Encodes `texts` (advancing `bar`) and refuses non-finite embeddings, which a broken
+/// checkpoint or config produces: printing them would hand the user `null`s or NaNs as results.
+fn embed_window<B: Backend>(
     encoder: &SentenceEncoder<B>,
     texts: &[&str],
     batch_size: usize,
+    bar: &ProgressBar,
     label: impl Fn(usize) -> String,
 ) -> Result<EncodeOutput> {
-    let bar = if texts.len() > batch_size {
-        ProgressBar::with_draw_target(Some(texts.len() as u64), ProgressDrawTarget::stderr())
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} encoding [{bar:30}] {pos}/{len} sentences, {per_sec}, eta {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
     let tick = |n: usize| bar.inc(n as u64);
     let out = encoder.encode_with(
         texts,
@@ -395,72 +437,187 @@ fn embed<B: Backend>(
             on_batch: Some(&tick),
         },
     )?;
-    bar.finish_and_clear();
-    if let Some(&first) = out.truncated.first() {
-        eprintln!(
-            "warning: {} input(s) longer than {} tokens were truncated (first: {})",
-            out.truncated.len(),
-            encoder.max_seq_length(),
-            label(first)
+    if let Some(i) = out
+        .embeddings
+        .iter()
+        .position(|e| e.iter().any(|x| !x.is_finite()))
+    {
+        bail!(
+            "the embedding of {} is not finite (NaN or infinity): the model's weights or \
+             config.json produce non-finite numbers, so no embeddings are written",
+            label(i)
         );
     }
     Ok(out)
 }
 
-fn encode<B: Backend>(args: EncodeArgs, device: &B::Device) -> Result<()> {
-    let (texts, source) = match (&args.input, args.texts.is_empty()) {
-        (Some(path), _) => (input::read_texts(path)?, Some(path.clone())),
-        (None, false) => (args.texts.clone(), None),
-        (None, true) => {
-            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-                bail!("nothing to encode: give TEXT arguments, --input FILE, or pipe text in");
-            }
-            (input::read_texts(Path::new("-"))?, Some(PathBuf::from("-")))
-        }
+/// Encodes every text at once, with a progress bar for long inputs and one truncation warning.
+fn embed<B: Backend>(
+    encoder: &SentenceEncoder<B>,
+    texts: &[&str],
+    batch_size: usize,
+    label: impl Fn(usize) -> String,
+) -> Result<EncodeOutput> {
+    let bar = if texts.len() > batch_size {
+        progress_bar(Some(texts.len()))
+    } else {
+        ProgressBar::hidden()
     };
+    let out = embed_window(encoder, texts, batch_size, &bar, &label)?;
+    bar.finish_and_clear();
+    let mut truncations = Truncations::default();
+    truncations.add(&out, label);
+    truncations.warn(encoder.max_seq_length());
+    Ok(out)
+}
+
+/// Texts `st encode` sorts by length and encodes together: enough for batches of similar
+/// length to form, few enough that memory stays flat however long the input is.
+const ENCODE_WINDOW: usize = 4096;
+
+/// Where `st encode` writes: standard output, or a file that appears whole when done.
+enum Sink {
+    Stdout(std::io::BufWriter<std::io::Stdout>),
+    File(std::io::BufWriter<st_backbone::AtomicFile>),
+}
+
+impl Sink {
+    fn open(output: Option<&Path>) -> Result<Self> {
+        Ok(match output {
+            Some(path) => Sink::File(std::io::BufWriter::new(st_backbone::AtomicFile::create(
+                path,
+            )?)),
+            None => Sink::Stdout(std::io::BufWriter::new(std::io::stdout())),
+        })
+    }
+
+    fn writer(&mut self) -> &mut dyn Write {
+        match self {
+            Sink::Stdout(w) => w,
+            Sink::File(w) => w,
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Sink::Stdout(_) => "standard output".into(),
+            Sink::File(w) => w.get_ref().path().display().to_string(),
+        }
+    }
+
+    fn finish(self) -> Result<()> {
+        match self {
+            Sink::Stdout(mut w) => w.flush().context("writing standard output"),
+            Sink::File(w) => {
+                let name = w.get_ref().path().display().to_string();
+                let file = w
+                    .into_inner()
+                    .map_err(|e| e.into_error())
+                    .with_context(|| format!("writing {name}"))?;
+                Ok(file.commit()?)
+            }
+        }
+    }
+}
+
+/// What `--timing` reports, summed over windows.
+#[derive(Default)]
+struct EncodeTotals {
+    /// Encoding alone: reading input and writing output are left out, as in Python's timing.
+    seconds: f64,
+    sentences: usize,
+    tokens: usize,
+    padded_tokens: usize,
+    flops: f64,
+}
+
+fn encode<B: Backend>(args: EncodeArgs, device: &B::Device) -> Result<()> {
+    let mut source = encode_source(&args)?;
     let started = std::time::Instant::now();
     let encoder = load::<B>(&args.model, device)?;
     let loaded = started.elapsed();
-    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let encoded = embed(&encoder, &refs, args.model.batch_size, |i| match &source {
-        Some(p) => format!("{}:{}", p.display(), i + 1),
-        None => format!("argument {}", i + 1),
-    })?;
-    let encode_s = (started.elapsed() - loaded).as_secs_f64();
-
-    if args.timing {
-        // The work the sentences need (no padding), for the compute-ceiling report.
-        let flops: f64 = encoded
+    let mut sink = Sink::open(args.output.as_deref())?;
+    let bar = if args.input.is_some() || args.texts.len() > args.model.batch_size {
+        progress_bar(None)
+    } else {
+        ProgressBar::hidden()
+    };
+    let (mut totals, mut truncations) = (EncodeTotals::default(), Truncations::default());
+    loop {
+        let window = source.next_window(ENCODE_WINDOW)?;
+        if window.is_empty() {
+            break;
+        }
+        let label = |i: usize| match &args.input {
+            Some(path) => format!("{}:{}", path.display(), window[i].line_no),
+            None => format!("argument {}", window[i].line_no),
+        };
+        let texts: Vec<&str> = window.iter().map(|l| l.text.as_str()).collect();
+        let window_started = std::time::Instant::now();
+        let out = embed_window(&encoder, &texts, args.model.batch_size, &bar, label)?;
+        totals.seconds += window_started.elapsed().as_secs_f64();
+        truncations.add(&out, label);
+        totals.sentences += texts.len();
+        totals.tokens += out.tokens.iter().sum::<usize>();
+        totals.padded_tokens += out.padded_tokens;
+        totals.flops += out
             .tokens
             .iter()
             .map(|&n| encoder.bert_config.forward_flops(n))
-            .sum();
+            .sum::<f64>();
+        write_lines(&mut sink, &texts, &out.embeddings)?;
+    }
+    bar.finish_and_clear();
+    sink.finish()?;
+    truncations.warn(encoder.max_seq_length());
+    if args.timing {
+        let encode_s = totals.seconds;
         eprintln!(
             "{}",
             serde_json::json!({
                 "load_s": loaded.as_secs_f64(),
                 "encode_s": encode_s,
-                "sentences": texts.len(),
-                "tokens": encoded.tokens.iter().sum::<usize>(),
-                "padded_tokens": encoded.padded_tokens,
-                "flops": flops,
-                "gflop_per_s": flops / encode_s / 1e9,
+                "sentences": totals.sentences,
+                "tokens": totals.tokens,
+                "padded_tokens": totals.padded_tokens,
+                "flops": totals.flops,
+                "gflop_per_s": totals.flops / encode_s / 1e9,
             })
         );
     }
-    let embeddings = encoded.embeddings;
-    let mut out = Vec::with_capacity(texts.len() * (encoder.embedding_dim() * 12 + 32));
-    for (text, embedding) in texts.iter().zip(&embeddings) {
-        serde_json::to_writer(&mut out, &EncodedLine { text, embedding })?;
-        out.push(b'\n');
+    Ok(())
+}
+
+/// The texts `st encode` reads: `--input FILE`, the arguments, or piped standard input.
+fn encode_source(args: &EncodeArgs) -> Result<input::TextSource> {
+    if let Some(path) = &args.input {
+        return input::TextSource::open(path);
     }
-    match &args.output {
-        Some(path) => st_backbone::write_atomic(path, &out)?,
-        None => {
-            let mut stdout = std::io::stdout().lock();
-            stdout.write_all(&out)?;
-            stdout.flush()?;
+    if args.texts.is_empty() {
+        if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+            bail!("nothing to encode: give TEXT arguments, --input FILE, or pipe text in");
         }
+        return input::TextSource::open(Path::new("-"));
+    }
+    // Arguments may hold newlines: hand them over as JSONL, one text a line.
+    let mut jsonl = Vec::new();
+    for text in &args.texts {
+        serde_json::to_writer(&mut jsonl, &serde_json::json!({ "text": text }))?;
+        jsonl.push(b'\n');
+    }
+    let reader = Box::new(std::io::Cursor::new(jsonl));
+    Ok(input::TextSource::new(reader, true, "arguments".into()))
+}
+
+/// Writes one JSONL line per text, in input order.
+fn write_lines(sink: &mut Sink, texts: &[&str], embeddings: &[Vec<f32>]) -> Result<()> {
+    let name = sink.name();
+    let out = sink.writer();
+    for (text, embedding) in texts.iter().zip(embeddings) {
+        serde_json::to_writer(&mut *out, &EncodedLine { text, embedding })
+            .map_err(std::io::Error::from)
+            .and_then(|()| out.write_all(b"\n"))
+            .with_context(|| format!("writing {name}"))?;
     }
     Ok(())
 }
@@ -550,7 +707,21 @@ fn eval_sts<B: Backend>(
         .map(|p| cosine(&emb[index(&p.sentence1)], &emb[index(&p.sentence2)]) as f64)
         .collect();
     let gold: Vec<f64> = pairs.iter().map(|p| p.score).collect();
+    if gold.iter().all(|&g| g == gold[0]) {
+        bail!(
+            "{}: every pair has the same gold score ({}): a rank correlation is undefined",
+            data.display(),
+            gold[0]
+        );
+    }
     let spearman = st_train::metrics::spearman(&predicted, &gold) * 100.0;
+    if !spearman.is_finite() {
+        bail!(
+            "Spearman correlation is undefined: the model gives all {} pairs the same cosine \
+             similarity",
+            pairs.len()
+        );
+    }
     if json {
         println!(
             "{}",

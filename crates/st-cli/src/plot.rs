@@ -19,9 +19,6 @@ struct Curves {
     weight: Series,
 }
 
-/// The metric a task is judged by, in order of preference.
-const METRICS: [&str; 4] = ["accuracy", "entity_f1", "macro_f1", "spearman"];
-
 fn read(path: &Path) -> Result<Curves> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -47,7 +44,7 @@ fn read(path: &Path) -> Result<Curves> {
         add(&mut c.weight, "weights");
         if let Some(eval) = v["eval"].as_object() {
             for (task, metrics) in eval {
-                if let Some((name, y)) = METRICS
+                if let Some((name, y)) = st_train::metrics::MAIN_METRICS
                     .iter()
                     .find_map(|m| Some((*m, metrics.get(*m)?.as_f64()?)))
                 {

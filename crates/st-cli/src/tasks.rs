@@ -249,6 +249,14 @@ pub fn eval<B: Backend>(
     let model = load_trained::<B>(model, device)?;
     let specs: Vec<DataSpec> = data.iter().map(DataSpec::new).collect();
     let metrics = st_train::evaluate_on(&model, &specs, 64)?;
+    for (task, values) in &metrics {
+        if let Some((name, value)) = values.iter().find(|(_, v)| !v.is_finite()) {
+            bail!(
+                "task `{task}`: {name} is {value}: the model produces non-finite outputs \
+                 (diverged or corrupt weights), so no metrics are reported"
+            );
+        }
+    }
     if json {
         println!("{}", serde_json::to_string(&metrics)?);
     } else {
@@ -272,6 +280,19 @@ pub fn predict<B: Backend>(
     let model = load_trained::<B>(model, device)?;
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let predictions = st_train::predict(&model, &refs, 32)?;
+    for (i, p) in predictions.iter().enumerate() {
+        for (task, v) in p {
+            if let st_train::TaskPrediction::Sentence { probability, .. } = v
+                && !probability.is_finite()
+            {
+                bail!(
+                    "task `{task}`, text {}: the model's output is not finite (diverged or \
+                     corrupt weights), so no predictions are printed",
+                    i + 1
+                );
+            }
+        }
+    }
     for (text, p) in texts.iter().zip(predictions) {
         if jsonl {
             let mut line = serde_json::Map::new();

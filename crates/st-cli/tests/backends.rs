@@ -94,17 +94,36 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (na * nb).max(1e-30)
 }
 
+/// The largest element-wise difference, relative to the larger of 1 and the vector's largest
+/// magnitude (unit-length embeddings are compared absolutely; raw pooled states by scale).
+fn max_diff(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "vector lengths differ");
+    let scale = b.iter().fold(1f64, |m, x| m.max((*x as f64).abs()));
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).abs())
+        .fold(0f64, f64::max)
+        / scale
+}
+
+/// Per-row agreement with Python: same row count, cosine ≥ [`MIN_COSINE`] and max |diff| ≤ 1e-4.
+fn assert_rows_match(what: &str, got: &[Vec<f32>], want: &[f32]) {
+    assert_eq!(got.len() * 384, want.len(), "{what}: row count");
+    for (i, (g, w)) in got.iter().zip(want.chunks(384)).enumerate() {
+        let c = cosine(g, w);
+        assert!(c >= MIN_COSINE, "{what}, sentence {i}: cosine {c:.7}");
+        let d = max_diff(g, w);
+        assert!(d <= 1e-4, "{what}, sentence {i}: max |diff| {d:e}");
+    }
+}
+
 fn embeddings_match_python<B: Backend>(device: &B::Device) {
     let reference = Reference::get();
     let encoder = SentenceEncoder::<B>::from_dir(model_dir(), device).unwrap();
     let texts: Vec<&str> = reference.sentences.iter().map(String::as_str).collect();
 
     let got = encoder.encode(&texts).unwrap();
-    let want = reference.tensor("embeddings");
-    for (i, (g, w)) in got.iter().zip(want.chunks(384)).enumerate() {
-        let c = cosine(g, w);
-        assert!(c >= MIN_COSINE, "embedding {i}: cosine {c:.7}");
-    }
+    assert_rows_match("embeddings", &got, &reference.tensor("embeddings"));
 
     // Every pooling mode over one padded batch.
     let encoded = encoder.tokenize(&texts).unwrap();
@@ -120,14 +139,9 @@ fn embeddings_match_python<B: Backend>(device: &B::Device) {
             .convert::<f32>()
             .to_vec::<f32>()
             .unwrap();
+        let rows: Vec<Vec<f32>> = got.chunks(384).map(<[f32]>::to_vec).collect();
         let want = reference.tensor(&format!("pool.{name}"));
-        for (i, (g, w)) in got.chunks(384).zip(want.chunks(384)).enumerate() {
-            let c = cosine(g, w);
-            assert!(
-                c >= MIN_COSINE,
-                "{name} pooling, sentence {i}: cosine {c:.7}"
-            );
-        }
+        assert_rows_match(&format!("{name} pooling"), &rows, &want);
     }
 }
 
@@ -392,6 +406,8 @@ fn cli_backend_flag(backend: &str) {
             c >= MIN_COSINE,
             "--backend {backend}: cosine {c:.7} to flex"
         );
+        let d = max_diff(b, a);
+        assert!(d <= 1e-4, "--backend {backend}: max |diff| {d:e} to flex");
     }
 }
 

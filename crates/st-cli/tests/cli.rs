@@ -104,6 +104,28 @@ fn encode_writes_one_line_per_input_in_order() {
             .sqrt();
         assert!((norm - 1.0).abs() < 1e-4, "{text:?}: norm {norm}");
     }
+    // Each line's embedding is its own text's: equal to that text encoded alone, and not to
+    // any other text's (blank texts tokenize alike, so they are one text here).
+    let vector = |line: &serde_json::Value| -> Vec<f64> {
+        let emb = line["embedding"].as_array().unwrap();
+        emb.iter().map(|v| v.as_f64().unwrap()).collect()
+    };
+    let alone: Vec<Vec<f64>> = texts
+        .iter()
+        .map(|t| vector(&lines(&ok(&st(&["encode", "--model", model(), t])))[0]))
+        .collect();
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    for (i, line) in out.iter().enumerate() {
+        let got = vector(line);
+        for (j, other) in alone.iter().enumerate() {
+            let c = dot(&got, other);
+            if texts[i].trim() == texts[j].trim() {
+                assert!(c > 0.9999, "line {i} vs {:?} alone: cosine {c}", texts[j]);
+            } else {
+                assert!(c < 0.99, "line {i} is as close to {:?}: {c}", texts[j]);
+            }
+        }
+    }
 }
 
 #[test]
@@ -409,4 +431,81 @@ fn manifest_dir() -> std::path::PathBuf {
     std::env::var_os("CARGO_MANIFEST_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
+#[test]
+fn outputs_that_are_not_regular_files_are_written_in_place() {
+    use std::os::unix::fs::FileTypeExt;
+    // A full device: the write fails, st says so naming the path once, and the node stays.
+    let err = failed(&st(&[
+        "encode",
+        "--model",
+        model(),
+        "hi",
+        "--output",
+        "/dev/full",
+    ]));
+    assert_eq!(err.matches("/dev/full").count(), 1, "{err}");
+    assert!(!err.contains(".tmp-"), "{err}");
+    assert!(
+        std::fs::metadata("/dev/full")
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+    ok(&st(&[
+        "encode",
+        "--model",
+        model(),
+        "hi",
+        "--output",
+        "/dev/null",
+    ]));
+    assert!(
+        std::fs::metadata("/dev/null")
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+    // An output folder is refused without leaving a temporary beside it.
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("out");
+    std::fs::create_dir(&target).unwrap();
+    let err = failed(&st(&[
+        "encode",
+        "--model",
+        model(),
+        "hi",
+        "--output",
+        target.to_str().unwrap(),
+    ]));
+    assert!(err.contains("is a folder"), "{err}");
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+}
+
+#[test]
+fn a_reader_that_stops_early_ends_st_quietly() {
+    use std::io::BufRead;
+    let mut args = vec!["encode", "--model", model(), "--batch-size", "1"];
+    let texts: Vec<String> = (0..64).map(|i| format!("sentence number {i}")).collect();
+    args.extend(texts.iter().map(String::as_str));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_st"))
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut first).unwrap();
+    drop(stdout); // `| head -1`
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(first.contains("sentence number 0"), "{first}");
+    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
+    assert!(!stderr.to_lowercase().contains("pipe"), "{stderr}");
 }

@@ -71,6 +71,10 @@ pub enum HubError {
     },
     #[error("{}: model folder not found", .0.display())]
     NotFound(PathBuf),
+    #[error(
+        "the model name is empty: give a model folder or a Hugging Face id such as sentence-transformers/all-MiniLM-L6-v2"
+    )]
+    EmptyName,
     #[error("model `{0}` is neither a folder nor a Hugging Face id (ids look like `org/name`)")]
     BadName(String),
     #[error("cannot fetch model `{id}`:\n{reasons}")]
@@ -116,12 +120,21 @@ pub fn resolve(model: &str, log: Log) -> Result<PathBuf, HubError> {
     if path.is_dir() {
         return Ok(path.to_path_buf());
     }
+    if model.trim().is_empty() {
+        return Err(HubError::EmptyName);
+    }
+    // `models/mine` where `models/` is a local folder means a folder that is missing, not a
+    // Hub id (fetching an unrelated `models/mine` from the Hub would be a silent surprise).
+    let parent_is_local = path
+        .parent()
+        .is_some_and(|p| !p.as_os_str().is_empty() && p.is_dir());
     let looks_like_path = model.starts_with('.')
         || model.starts_with('/')
         || model.starts_with('~')
         || model.matches('/').count() > 1
-        || model.contains('\\');
-    if looks_like_path || model.is_empty() || model.contains(char::is_whitespace) {
+        || model.contains('\\')
+        || parent_is_local;
+    if looks_like_path || model.contains(char::is_whitespace) {
         return Err(HubError::NotFound(path.to_path_buf()));
     }
     if !model
@@ -388,6 +401,17 @@ mod tests {
     fn a_missing_path_is_an_error_naming_it() {
         let err = resolve("./no/such/model", &mut |_| {}).unwrap_err();
         assert!(err.to_string().contains("./no/such/model"), "{err}");
+    }
+
+    #[test]
+    fn empty_names_and_paths_under_local_folders_are_not_hub_ids() {
+        let err = resolve("", &mut |_| {}).unwrap_err();
+        assert!(matches!(err, HubError::EmptyName), "{err}");
+        // Tests run in the crate's folder, which has `src/`.
+        assert!(Path::new("src").is_dir());
+        let err = resolve("src/mine", &mut |_| {}).unwrap_err();
+        assert!(matches!(err, HubError::NotFound(_)), "{err}");
+        assert!(err.to_string().starts_with("src/mine: "), "{err}");
     }
 
     #[test]

@@ -228,6 +228,22 @@ impl<B: Backend> SentenceEncoder<B> {
         }
     }
 
+    /// Tokenizes pre-split words for token tasks, normalized as [`SentenceEncoder::tokenize`]
+    /// normalizes sentences (lower-cased when the model says `do_lower_case`), so token heads
+    /// see the ids the encoder was trained on. Returns the ids and, per token, the index of the
+    /// word it starts (`None` for special tokens and non-first sub-words).
+    pub fn tokenize_words(
+        &self,
+        words: &[String],
+    ) -> Result<(Encoded, Vec<Option<usize>>), PoolingError> {
+        if self.lowercase {
+            let lowered: Vec<String> = words.iter().map(|w| w.to_lowercase()).collect();
+            Ok(self.tokenizer.encode_words(&lowered)?)
+        } else {
+            Ok(self.tokenizer.encode_words(words)?)
+        }
+    }
+
     /// Pools token embeddings and applies the modules after pooling.
     pub fn pool(&self, tokens: Tensor<B, 3>, mask: Tensor<B, 2, Int>) -> Tensor<B, 2> {
         let x = self.pool_unnormalized(tokens, mask);
@@ -421,5 +437,43 @@ impl<B: Backend> SentenceEncoder<B> {
             json(serde_json::Value::Array(modules)).as_bytes(),
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn_flex::Flex;
+
+    /// A tiny encoder whose tokenizer keeps case (`do_lower_case: false` in its folder) while
+    /// the sentence-transformers config lower-cases, as uncased models ship.
+    fn uncased_encoder(dir: &Path) -> SentenceEncoder<Flex> {
+        let vocab = "[PAD]\n[UNK]\n[CLS]\n[SEP]\nhello\nworld\nHello\n";
+        std::fs::write(dir.join("vocab.txt"), vocab).unwrap();
+        std::fs::write(
+            dir.join("tokenizer_config.json"),
+            r#"{"do_lower_case": false}"#,
+        )
+        .unwrap();
+        let config = BertConfig::tiny(7);
+        let bert = config.init::<Flex>(false, &Default::default());
+        let tokenizer = BertTokenizer::from_dir(dir, 16).unwrap();
+        let pooling = Pooling::new([PoolingMode::Mean], config.hidden_size).unwrap();
+        let mut encoder = SentenceEncoder::new(bert, config, tokenizer, pooling, true).unwrap();
+        encoder.lowercase = true;
+        encoder
+    }
+
+    #[test]
+    fn word_tokenization_lower_cases_like_sentence_tokenization() {
+        let dir = tempfile::tempdir().unwrap();
+        let encoder = uncased_encoder(dir.path());
+        let words = vec!["Hello".to_string(), "World".to_string()];
+        let (encoded, starts) = encoder.tokenize_words(&words).unwrap();
+        let sentence = encoder.tokenize(&["Hello World"]).unwrap().remove(0);
+        assert_eq!(encoded.ids, sentence.ids);
+        // [CLS] hello world [SEP]: the cased "Hello" (id 6) and [UNK] must not appear.
+        assert_eq!(encoded.ids, vec![2, 4, 5, 3]);
+        assert_eq!(starts, vec![None, Some(0), Some(1), None]);
     }
 }

@@ -269,14 +269,15 @@ mod tests {
     type B = Flex;
 
     /// Two rows, seq 3, hidden 2; the second row has one padding position whose values are huge,
-    /// so any leak shows.
+    /// so any leak shows. Every mode gives a different vector (max is not the last token, nor
+    /// the first), so a test cannot pass on another mode's answer.
     fn sample() -> (Tensor<B, 3>, Tensor<B, 2, Int>) {
         let device = Default::default();
         let tokens = Tensor::<B, 3>::from_data(
             TensorData::new(
                 vec![
-                    1.0f32, 2.0, 3.0, -4.0, 5.0, 6.0, //
-                    -1.0, 0.5, 3.0, 1.5, 1000.0, -1000.0,
+                    1.0f32, 2.0, 7.0, -4.0, 5.0, 6.0, //
+                    -1.0, 2.5, 3.0, 1.5, 1000.0, -1000.0,
                 ],
                 [2, 3, 2],
             ),
@@ -303,17 +304,20 @@ mod tests {
 
     #[test]
     fn cls_takes_the_first_token() {
-        assert_close(&pooled(PoolingMode::Cls), &[1.0, 2.0, -1.0, 0.5]);
+        assert_close(&pooled(PoolingMode::Cls), &[1.0, 2.0, -1.0, 2.5]);
     }
 
     #[test]
     fn max_ignores_padding() {
-        assert_close(&pooled(PoolingMode::Max), &[5.0, 6.0, 3.0, 1.5]);
+        assert_close(&pooled(PoolingMode::Max), &[7.0, 6.0, 3.0, 2.5]);
     }
 
     #[test]
     fn mean_ignores_padding() {
-        assert_close(&pooled(PoolingMode::Mean), &[3.0, 4.0 / 3.0, 1.0, 1.0]);
+        assert_close(
+            &pooled(PoolingMode::Mean),
+            &[13.0 / 3.0, 4.0 / 3.0, 1.0, 2.0],
+        );
     }
 
     #[test]
@@ -322,16 +326,16 @@ mod tests {
         let s2 = 2f32.sqrt();
         assert_close(
             &pooled(PoolingMode::MeanSqrtLenTokens),
-            &[9.0 / s3, 4.0 / s3, 2.0 / s2, 2.0 / s2],
+            &[13.0 / s3, 4.0 / s3, 2.0 / s2, 4.0 / s2],
         );
     }
 
     #[test]
     fn weighted_mean_weights_by_position() {
-        // Row 1: weights 1,2,3 → (1·1+3·2+5·3)/6, (2·1−4·2+6·3)/6. Row 2: weights 1,2.
+        // Row 1: weights 1,2,3 → (1·1+7·2+5·3)/6, (2·1−4·2+6·3)/6. Row 2: weights 1,2.
         assert_close(
             &pooled(PoolingMode::WeightedMean),
-            &[22.0 / 6.0, 12.0 / 6.0, 5.0 / 3.0, 3.5 / 3.0],
+            &[30.0 / 6.0, 12.0 / 6.0, 5.0 / 3.0, 5.5 / 3.0],
         );
     }
 
@@ -347,7 +351,10 @@ mod tests {
         assert_eq!(p.modes(), &[PoolingMode::Cls, PoolingMode::Mean]);
         assert_eq!(p.output_dim(), 4);
         let out = p.forward(tokens, mask).into_data().to_vec::<f32>().unwrap();
-        assert_close(&out, &[1.0, 2.0, 3.0, 4.0 / 3.0, -1.0, 0.5, 1.0, 1.0]);
+        assert_close(
+            &out,
+            &[1.0, 2.0, 13.0 / 3.0, 4.0 / 3.0, -1.0, 2.5, 1.0, 2.0],
+        );
     }
 
     #[test]

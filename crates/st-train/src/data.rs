@@ -197,8 +197,18 @@ fn read_jsonl(path: &Path) -> Result<Vec<Example>, TrainError> {
         for (task, value) in rec.labels {
             let label = match value {
                 serde_json::Value::String(s) => Label::Class(s),
-                serde_json::Value::Number(x) => Label::Class(x.to_string()),
-                serde_json::Value::Bool(b) => Label::Class(b.to_string()),
+                // A number or a boolean is not a class name: `3` and `"3"` would silently
+                // become the same class, `true` a class called "true". (Numbers will mean
+                // similarity scores on pair records.)
+                serde_json::Value::Number(_) | serde_json::Value::Bool(_) => {
+                    return Err(err(
+                        path,
+                        n,
+                        format!(
+                            "task `{task}`: label {value} must be a string (write \"{value}\" for a class named {value})"
+                        ),
+                    ));
+                }
                 serde_json::Value::Array(items) => Label::Tags(
                     items
                         .into_iter()
@@ -517,13 +527,18 @@ pub fn read_sts(path: &Path) -> Result<Vec<StsPair>, TrainError> {
                 ),
             ));
         }
-        let score: f64 = fields[4].trim().parse().map_err(|_| {
-            err(
-                path,
-                n,
-                format!("field 5 (score) is not a number: {:?}", fields[4]),
-            )
-        })?;
+        let score = fields[4]
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|x| x.is_finite())
+            .ok_or_else(|| {
+                err(
+                    path,
+                    n,
+                    format!("field 5 (score) is not a finite number: {:?}", fields[4]),
+                )
+            })?;
         pairs.push(StsPair {
             score,
             sentence1: fields[5].to_string(),
@@ -563,6 +578,21 @@ mod tests {
         let p = dir.join(name);
         std::fs::write(&p, text).unwrap();
         p
+    }
+
+    #[test]
+    fn jsonl_numeric_and_boolean_labels_are_refused_by_line() {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, label) in ["3", "true", "2.5"].iter().enumerate() {
+            let name = format!("l{i}.jsonl");
+            let body = format!(
+                "{{\"text\": \"ok\", \"labels\": {{\"t\": \"a\"}}}}\n{{\"text\": \"x\", \"labels\": {{\"t\": {label}}}}}\n"
+            );
+            let p = write(dir.path(), &name, body.as_bytes());
+            let e = load(&DataSpec::new(&p)).unwrap_err().to_string();
+            assert!(e.contains(&format!("{name}:2")), "{e}");
+            assert!(e.contains("must be a string"), "{e}");
+        }
     }
 
     #[test]

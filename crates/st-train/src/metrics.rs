@@ -3,6 +3,20 @@
 
 use std::collections::BTreeSet;
 
+/// The metric a task is judged by, in order of preference: what the trainer logs for sentence
+/// tasks (`accuracy`), token tasks (`entity_f1`) and similarity (`spearman`). Checkpoint
+/// selection and `st plot` read it from here, so a renamed metric cannot fall out of either.
+pub const MAIN_METRICS: [&str; 4] = ["accuracy", "entity_f1", "macro_f1", "spearman"];
+
+/// The main metric of one task's results (see [`MAIN_METRICS`]).
+pub fn main_metric(
+    metrics: &std::collections::BTreeMap<String, f64>,
+) -> Option<(&'static str, f64)> {
+    MAIN_METRICS
+        .iter()
+        .find_map(|&name| metrics.get(name).map(|&v| (name, v)))
+}
+
 /// Fraction of equal pairs.
 pub fn accuracy(predicted: &[usize], gold: &[usize]) -> f64 {
     if gold.is_empty() {

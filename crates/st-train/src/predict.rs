@@ -40,8 +40,7 @@ pub fn predict<B: Backend>(
     for text in texts {
         let words: Vec<String> = text.split_whitespace().map(String::from).collect();
         if has_token_task {
-            let (encoded, starts) = crate::trainer::tokenize_words(&model.encoder, &words)
-                .map_err(TrainError::Config)?;
+            let (encoded, starts) = model.encoder.tokenize_words(&words)?;
             rows.push((encoded, starts, words));
         } else {
             let encoded = model.encoder.tokenize(&[text])?.remove(0);

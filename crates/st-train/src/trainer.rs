@@ -204,38 +204,6 @@ pub enum Target {
     Tokens(Vec<i64>),
 }
 
-/// Tokenizes pre-split words; returns the ids and, per token, the index of the word it starts
-/// (`None` for special tokens and non-first sub-words).
-pub fn tokenize_words<B: Backend>(
-    encoder: &SentenceEncoder<B>,
-    words: &[String],
-) -> Result<(Encoded, Vec<Option<usize>>), String> {
-    let enc = encoder
-        .tokenizer
-        .inner()
-        .encode(words.to_vec(), true)
-        .map_err(|e| format!("tokenizing: {e}"))?;
-    let mut seen = None;
-    let starts = enc
-        .get_word_ids()
-        .iter()
-        .map(|w| {
-            let w = w.map(|w| w as usize);
-            let start = (w.is_some() && w != seen).then_some(w).flatten();
-            if w.is_some() {
-                seen = w;
-            }
-            start
-        })
-        .collect();
-    let encoded = Encoded {
-        ids: enc.get_ids().to_vec(),
-        type_ids: enc.get_type_ids().to_vec(),
-        truncated: !enc.get_overflowing().is_empty(),
-    };
-    Ok((encoded, starts))
-}
-
 /// Tokenizes examples and maps labels to ids. Unknown labels are an error naming file:line.
 pub fn prepare<B: Backend>(
     encoder: &SentenceEncoder<B>,
@@ -251,11 +219,13 @@ pub fn prepare<B: Backend>(
                 let n = plain.ids.len();
                 (plain, vec![None; n])
             }
-            Some(words) => tokenize_words(encoder, words).map_err(|message| TrainError::Data {
-                path: (*ex.file).clone(),
-                line: ex.line,
-                message,
-            })?,
+            Some(words) => encoder
+                .tokenize_words(words)
+                .map_err(|e| TrainError::Data {
+                    path: (*ex.file).clone(),
+                    line: ex.line,
+                    message: e.to_string(),
+                })?,
         };
         let mut targets = Vec::with_capacity(specs.len());
         for spec in specs {
@@ -476,7 +446,7 @@ pub fn evaluate<B: Backend>(
                 let (p, r, f) = entity_f1(&tokens[h]);
                 m.insert("precision".into(), p);
                 m.insert("recall".into(), r);
-                m.insert("f1".into(), f);
+                m.insert("entity_f1".into(), f);
                 m.insert("n".into(), tokens[h].len() as f64);
             }
             _ => continue,
@@ -495,7 +465,7 @@ pub fn score(metrics: &Metrics, key: Option<&str>) -> Option<f64> {
     }
     let main: Vec<f64> = metrics
         .values()
-        .filter_map(|m| m.get("accuracy").or_else(|| m.get("f1")).copied())
+        .filter_map(|m| crate::metrics::main_metric(m).map(|(_, v)| v))
         .collect();
     (!main.is_empty()).then(|| main.iter().sum::<f64>() / main.len() as f64)
 }
