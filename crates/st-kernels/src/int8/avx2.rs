@@ -94,6 +94,10 @@ unsafe fn broadcast_x4(x_rows: *const u8, stride: usize, r: usize, g: usize) -> 
 ///
 /// # Safety
 /// AVX2 + AVX-VNNI; rows `i0..i0 + MR` and panel `p` belong to `tile`.
+#[allow(
+    clippy::needless_range_loop,
+    reason = "index loops keep the accumulators in registers"
+)]
 #[target_feature(enable = "avx2,avxvnni")]
 unsafe fn micro_tile_vnni<const MR: usize>(tile: &Tile, i0: usize, p: usize) {
     let stride = tile.x.stride;
@@ -109,15 +113,17 @@ unsafe fn micro_tile_vnni<const MR: usize>(tile: &Tile, i0: usize, p: usize) {
     for (g, block) in panel.iter().enumerate() {
         // SAFETY: `block` is a live block of the panel; rows as sliced above.
         let weights = unsafe { load_block(block) };
-        for (r, row) in acc.iter_mut().enumerate() {
+        // Index loops over const bounds (unrolled), which keep `acc` in registers: iterators
+        // over it made LLVM store it to the stack on every k-group.
+        for r in 0..MR {
             let x4 = unsafe { broadcast_x4(x_rows, stride, r, g) };
-            for (a, &wv) in row.iter_mut().zip(&weights) {
-                *a = _mm256_dpbusd_avx_epi32(*a, x4, wv);
+            for h in 0..2 {
+                acc[r][h] = _mm256_dpbusd_avx_epi32(acc[r][h], x4, weights[h]);
             }
         }
     }
     // SAFETY: the caller's contract.
-    unsafe { store_rows(tile, i0, p, &acc) };
+    unsafe { store_rows(tile, i0, p, acc) };
 }
 
 /// AVX2: `vpmaddubsw(|x|, w · sign(x))` is exact (pair sums ≤ 2 · 127², see the module docs
@@ -125,6 +131,10 @@ unsafe fn micro_tile_vnni<const MR: usize>(tile: &Tile, i0: usize, p: usize) {
 ///
 /// # Safety
 /// AVX2; rows `i0..i0 + MR` and panel `p` belong to `tile`.
+#[allow(
+    clippy::needless_range_loop,
+    reason = "index loops keep the accumulators in registers"
+)]
 #[target_feature(enable = "avx2")]
 unsafe fn micro_tile_avx2<const MR: usize>(tile: &Tile, i0: usize, p: usize) {
     let stride = tile.x.stride;
@@ -135,25 +145,26 @@ unsafe fn micro_tile_avx2<const MR: usize>(tile: &Tile, i0: usize, p: usize) {
     for (g, block) in panel.iter().enumerate() {
         // SAFETY: `block` is a live block of the panel; rows as sliced above.
         let weights = unsafe { load_block(block) };
-        for (r, row) in acc.iter_mut().enumerate() {
+        for r in 0..MR {
             let x4 = unsafe { broadcast_x4(x_rows, stride, r, g) };
             let x_abs = _mm256_abs_epi8(x4);
-            for (a, &wv) in row.iter_mut().zip(&weights) {
-                let pairs = _mm256_maddubs_epi16(x_abs, _mm256_sign_epi8(wv, x4));
-                *a = _mm256_add_epi32(*a, _mm256_madd_epi16(pairs, ones));
+            for h in 0..2 {
+                let pairs = _mm256_maddubs_epi16(x_abs, _mm256_sign_epi8(weights[h], x4));
+                acc[r][h] = _mm256_add_epi32(acc[r][h], _mm256_madd_epi16(pairs, ones));
             }
         }
     }
     // SAFETY: the caller's contract.
-    unsafe { store_rows(tile, i0, p, &acc) };
+    unsafe { store_rows(tile, i0, p, acc) };
 }
 
 /// Dequantizes and stores the sums of rows `i0..` for panel `p`.
 ///
 /// # Safety
 /// AVX2; the rows and panel `p` belong to `tile`.
+#[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn store_rows<const MR: usize>(tile: &Tile, i0: usize, p: usize, acc: &[[__m256i; 2]; MR]) {
+unsafe fn store_rows<const MR: usize>(tile: &Tile, i0: usize, p: usize, acc: [[__m256i; 2]; MR]) {
     let n0 = p * PANEL;
     let valid = tile.valid_columns(p);
     for (r, halves) in acc.iter().enumerate() {

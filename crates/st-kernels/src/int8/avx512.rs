@@ -56,6 +56,10 @@ fn micro_tile_for(rows: usize, panels: usize) -> MicroTile {
 ///
 /// # Safety
 /// AVX-512 F/BW + VNNI; `i0 + MR` rows and `p0 + NP` panels exist and belong to `tile`.
+#[allow(
+    clippy::needless_range_loop,
+    reason = "index loops keep the accumulators in registers"
+)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn micro_tile<const MR: usize, const NP: usize>(tile: &Tile, i0: usize, p0: usize) {
     let w = tile.w;
@@ -73,10 +77,12 @@ unsafe fn micro_tile<const MR: usize, const NP: usize>(tile: &Tile, i0: usize, p
     let panel_ptrs: [*const Block; NP] = std::array::from_fn(|p| w.panel(p0 + p).as_ptr());
     let x_rows = tile.x.bytes[i0 * stride..(i0 + MR) * stride].as_ptr();
     for g in 0..w.k_groups {
-        // SAFETY: `g < k_groups`, the length of every panel; blocks are 64 bytes, 64-aligned.
-        let weights: [__m512i; NP] =
-            std::array::from_fn(|p| unsafe { _mm512_load_si512(panel_ptrs[p].add(g).cast()) });
-        for (r, row) in acc.iter_mut().enumerate() {
+        let mut weights = [_mm512_setzero_si512(); NP];
+        for p in 0..NP {
+            // SAFETY: `g < k_groups`, the length of every panel; blocks are 64 bytes, 64-aligned.
+            weights[p] = unsafe { _mm512_load_si512(panel_ptrs[p].add(g).cast()) };
+        }
+        for r in 0..MR {
             // SAFETY: row `r < MR` of the slice taken above has `stride = 4 · k_groups` bytes.
             let x4 = unsafe {
                 x_rows
@@ -85,15 +91,18 @@ unsafe fn micro_tile<const MR: usize, const NP: usize>(tile: &Tile, i0: usize, p
                     .read_unaligned()
             };
             let x4 = _mm512_set1_epi32(x4);
-            for (a, &wv) in row.iter_mut().zip(&weights) {
-                *a = _mm512_dpbusd_epi32(*a, x4, wv);
+            for p in 0..NP {
+                acc[r][p] = _mm512_dpbusd_epi32(acc[r][p], x4, weights[p]);
             }
         }
     }
-    for (r, row) in acc.iter().enumerate() {
-        for (p, &a) in row.iter().enumerate() {
+    // Constant indices (loops over const bounds, fully unrolled), so that `acc` stays a set
+    // of registers: iterating it by reference here made LLVM keep a stack copy that the hot
+    // loop above stored to on every k-group (24 stores per 24 `vpdpbusd`).
+    for r in 0..MR {
+        for p in 0..NP {
             // SAFETY: row `i0 + r` and panel `p0 + p` belong to the tile (caller's contract).
-            unsafe { store_panel(tile, i0 + r, p0 + p, a) };
+            unsafe { store_panel(tile, i0 + r, p0 + p, acc[r][p]) };
         }
     }
 }
@@ -104,7 +113,8 @@ use super::Block;
 ///
 /// # Safety
 /// AVX-512 F; row `i` and panel `p` belong to `tile`.
-#[target_feature(enable = "avx512f")]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn store_panel(tile: &Tile, i: usize, p: usize, acc: __m512i) {
     let n0 = p * PANEL;
     let scales = &tile.w.scales[n0..n0 + PANEL];
