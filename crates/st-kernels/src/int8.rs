@@ -51,6 +51,8 @@ const PANEL: usize = 16;
 const KGROUP: usize = 4;
 /// Bytes per packed block: 4 input rows × 16 columns.
 const BLOCK: usize = PANEL * KGROUP;
+/// The largest `d_in` whose sums `Σ q_x · q_w` (each term within ±127²) always fit an i32.
+const MAX_D_IN: usize = i32::MAX as usize / (127 * 127);
 
 /// Symmetric per-output-channel int8 weights (`scale = max|w_col| / 127`), packed once at
 /// construction for the kernel layout (see the [module docs](self)).
@@ -73,7 +75,8 @@ pub struct QuantizedMatrix {
 impl QuantizedMatrix {
     /// `weight`: row-major `[d_in, d_out]` (burn's Linear weight layout: y = x · W).
     ///
-    /// Panics if `weight.len() != d_in * d_out` or a dimension is 0.
+    /// Panics if `weight.len() != d_in * d_out`, a dimension is 0, or `d_in > 133,144` (the
+    /// i32 sums could overflow). Weights must be finite.
     pub fn quantize(weight: &[f32], d_in: usize, d_out: usize) -> Self {
         assert!(
             d_in > 0 && d_out > 0,
@@ -85,6 +88,10 @@ impl QuantizedMatrix {
             "QuantizedMatrix::quantize: weight has {} values, shape [{d_in}, {d_out}] needs {}",
             weight.len(),
             d_in * d_out
+        );
+        assert!(
+            d_in <= MAX_D_IN,
+            "QuantizedMatrix::quantize: d_in = {d_in} could overflow the i32 sums (max {MAX_D_IN})"
         );
         let k_groups = d_in.div_ceil(KGROUP);
         let panels = d_out.div_ceil(PANEL);
@@ -212,7 +219,8 @@ impl ActivationCode {
 /// `out[m, d_out] = x[m, d_in] · W + bias`: each row of `x` quantized dynamically to int8
 /// (symmetric, per-token scale `max|x_row| / 127`), i32 accumulation, dequantized to f32.
 /// Runs the best kernel at or below [`Level::active`], parallel with rayon over the current
-/// pool. Panics with a message on a slice length that does not match the shapes.
+/// pool. Panics with a message on a slice length that does not match the shapes. A row holding
+/// an infinity or NaN gives unspecified values (NaN or garbage) in that output row only.
 pub fn linear_int8(
     x: &[f32],
     m: usize,
