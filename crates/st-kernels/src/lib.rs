@@ -10,5 +10,7 @@
 //! Stable Rust only: `std::arch` intrinsics behind `#[target_feature]`, no C, no nightly.
 
 mod dispatch;
+mod int8;
 
 pub use dispatch::Level;
+pub use int8::{QuantizedMatrix, linear_int8, linear_int8_at};
