@@ -329,8 +329,25 @@ fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
-        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
     }
+}
+
+/// The lines of a metrics log without their timings.
+fn log_without_timings(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("step_ms");
+            v
+        })
+        .collect()
 }
 
 #[test]
@@ -346,10 +363,15 @@ fn resume_reaches_the_same_parameters_as_an_unbroken_run() {
         overrides: vec![],
     };
     c.weighting = st_train::Weighting::Uncertainty;
-    // The unbroken run; after epoch 1 its resume state is copied aside, as if it crashed there.
+    // The unbroken run; after epoch 1 its folder is copied aside, as if it crashed there. Steps
+    // logged after the checkpoint by a killed run are cut from the log on resume: add one.
     train::<B>(&c, &model, &Default::default(), &mut |e| {
         if let Event::Eval { epoch: 1, .. } = e {
-            copy_dir(&full.join("resume"), &resumed.join("resume"));
+            copy_dir(&full, &resumed);
+            let log = resumed.join("metrics.jsonl");
+            let mut text = std::fs::read_to_string(&log).unwrap();
+            text.push_str("{\"step\": 13, \"killed\": true}\n");
+            std::fs::write(&log, text).unwrap();
         }
     })
     .unwrap();
@@ -364,6 +386,11 @@ fn resume_reaches_the_same_parameters_as_an_unbroken_run() {
     })
     .unwrap();
     assert!(resumed_at.contains("resuming at step 13"), "{resumed_at}");
+    assert_eq!(
+        log_without_timings(&full.join("metrics.jsonl")),
+        log_without_timings(&resumed.join("metrics.jsonl")),
+        "the resumed log holds each step once, as the unbroken run's"
+    );
     // Both runs end by writing their final state (every parameter with its id): it must agree
     // to the bit. (Optimizer records are hash maps, serialized in no fixed order.)
     use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
@@ -376,7 +403,16 @@ fn resume_reaches_the_same_parameters_as_an_unbroken_run() {
         .load_file(resumed.join("resume/model"), &rec, &Default::default())
         .unwrap();
     assert_eq!(snapshot(&a), snapshot(&b), "parameters differ after resume");
-    for file in ["model.mpk", "uncertainty.mpk", "state.json"] {
+    // The state's `log_bytes` counts the logs' step timings, which differ run to run.
+    let state = |dir: &Path| {
+        let text = std::fs::read(dir.join("resume/state.json")).unwrap();
+        let mut v: serde_json::Value = serde_json::from_slice(&text).unwrap();
+        assert!(v["log_bytes"].as_u64().unwrap() > 0);
+        v.as_object_mut().unwrap().remove("log_bytes");
+        v
+    };
+    assert_eq!(state(&full), state(&resumed), "resume state differs");
+    for file in ["model.mpk", "uncertainty.mpk"] {
         let (x, y) = (
             full.join("resume").join(file),
             resumed.join("resume").join(file),
@@ -411,6 +447,71 @@ fn a_diverging_run_stops_with_the_task_named() {
         e.contains("diverged") && e.contains("loss is") && e.contains("task `"),
         "{e}"
     );
+    // It diverged before any evaluation: no checkpoint is claimed.
+    assert!(e.contains("no checkpoint of this run"), "{e}");
+    assert!(!dir.path().join("out/heads.json").exists());
+}
+
+#[test]
+fn a_trained_model_is_kept_unless_overwrite_and_resume_needs_state() {
+    let (_serial, dir, model) = setup();
+    let out = dir.path().join("out");
+    let mut c = config(&model, &out);
+    c.resume = true;
+    let e = train::<B>(&c, &model, &Default::default(), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no resume state") && e.contains("out"), "{e}");
+
+    let mut c = config(&model, &out);
+    c.max_steps = Some(2);
+    train::<B>(&c, &model, &Default::default(), &mut |_| {}).unwrap();
+    let first = std::fs::read(out.join("heads.safetensors")).unwrap();
+    c.seed = 8;
+    let e = train::<B>(&c, &model, &Default::default(), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("already holds a trained model") && e.contains("--overwrite"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(out.join("heads.safetensors")).unwrap(), first);
+
+    c.overwrite = true;
+    std::fs::write(out.join("notes.txt"), "old run").unwrap();
+    train::<B>(&c, &model, &Default::default(), &mut |_| {}).unwrap();
+    assert_ne!(std::fs::read(out.join("heads.safetensors")).unwrap(), first);
+    // The old run's files are gone with it; the new log has the new run's 2 steps + 1 eval.
+    assert!(!out.join("notes.txt").exists());
+    assert_eq!(log_without_timings(&out.join("metrics.jsonl")).len(), 3);
+    let siblings: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(siblings.is_empty(), "staging folders left: {siblings:?}");
+}
+
+#[test]
+fn epochs_zero_and_bad_head_lr_are_refused_before_any_work() {
+    let (_serial, dir, model) = setup();
+    let out = dir.path().join("out");
+    let mut c = config(&model, &out);
+    c.epochs = 0;
+    let e = train::<B>(&c, &model, &Default::default(), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`epochs`") && e.contains("nothing would be trained"),
+        "{e}"
+    );
+    let mut c = config(&model, &out);
+    c.lr.head_lr = Some(-1.0);
+    let e = train::<B>(&c, &model, &Default::default(), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--head-lr"), "{e}");
+    assert!(!out.exists(), "a refused config wrote {}", out.display());
 }
 
 /// This package's folder, read when the program runs (cargo sets it for `cargo run` and
