@@ -99,6 +99,13 @@ pub(crate) fn read_state(dir: &Path) -> Result<ResumeState, TrainError> {
     })
 }
 
+/// A model, its optimizers and its uncertainty weights, as resume state restores them.
+pub(crate) type Restored<B, O1, O2, O3> = (
+    MultiTaskModel<B>,
+    Optimizers<O1, O2, O3>,
+    Option<UncertaintyWeights<B>>,
+);
+
 /// Loads the model and optimizer records of `dir` into the given fresh ones.
 pub(crate) fn load<B, O1, O2, O3>(
     dir: &Path,
@@ -106,14 +113,7 @@ pub(crate) fn load<B, O1, O2, O3>(
     model: MultiTaskModel<B>,
     opts: Optimizers<O1, O2, O3>,
     uncertainty: Option<UncertaintyWeights<B>>,
-) -> Result<
-    (
-        MultiTaskModel<B>,
-        Optimizers<O1, O2, O3>,
-        Option<UncertaintyWeights<B>>,
-    ),
-    TrainError,
->
+) -> Result<Restored<B, O1, O2, O3>, TrainError>
 where
     B: AutodiffBackend,
     O1: Optimizer<MultiTaskModel<B>, B>,
