@@ -196,6 +196,10 @@ fn check_folder(out: &Path) -> bool {
     }
     let model = st_train::load_trained::<Flex>(out, &Default::default())
         .unwrap_or_else(|e| panic!("the folder left by a kill does not load: {e}"));
+    assert!(
+        out.join("resume/state.json").is_file(),
+        "a model without the resume state of its checkpoint"
+    );
     let state: serde_json::Value =
         serde_json::from_slice(&read(&out.join("resume/state.json"))).unwrap();
     if state["since_best"] == 0 {

@@ -43,8 +43,8 @@ pub struct OutputFolder {
 }
 
 impl OutputFolder {
-    /// Creates the folder when missing and recovers from a killed commit: a folder left absent
-    /// between two renames is put back, staging folders are removed.
+    /// Recovers from a killed commit: a folder left absent between two renames is put back,
+    /// staging folders are removed. The folder itself is made by [`OutputFolder::create`].
     pub fn open(dir: &Path) -> Result<Self, TrainError> {
         let name = dir
             .file_name()
@@ -94,14 +94,13 @@ impl OutputFolder {
                 }
             }
         }
-        std::fs::create_dir_all(&self.dir).map_err(|e| TrainError::io(&self.dir, e))?;
         // The resume writer of earlier versions staged here.
         let legacy = self.dir.join(".resume-tmp");
         for stale in [&self.partial, &self.ready, &self.old, &legacy] {
             remove_if_present(stale)?;
         }
         // A kill while the log was being cut back leaves write_atomic's `.NAME.tmp-PID`.
-        let entries = std::fs::read_dir(&self.dir).map_err(|e| TrainError::io(&self.dir, e))?;
+        let entries = std::fs::read_dir(&self.dir).into_iter().flatten();
         for entry in entries.filter_map(Result::ok) {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.starts_with(&format!(".{METRICS_LOG}.tmp-")) {
@@ -113,6 +112,11 @@ impl OutputFolder {
 
     pub fn path(&self) -> &Path {
         &self.dir
+    }
+
+    /// Makes the folder when it is missing.
+    pub fn create(&self) -> Result<(), TrainError> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| TrainError::io(&self.dir, e))
     }
 
     /// Whether the folder holds a model an earlier run trained.
@@ -251,6 +255,7 @@ pub(crate) fn open_output(config: &TrainConfig) -> Result<OutputFolder, TrainErr
              config) to replace it, --resume to continue its run, or another --output"
         )));
     }
+    folder.create()?;
     Ok(folder)
 }
 
@@ -393,6 +398,7 @@ mod tests {
     fn a_commit_replaces_written_files_and_carries_the_rest_over() {
         let tmp = tempfile::tempdir().unwrap();
         let out = OutputFolder::open(&tmp.path().join("run")).unwrap();
+        out.create().unwrap();
         std::fs::write(out.path().join("metrics.jsonl"), "a\n").unwrap();
         out.commit(true, |d| {
             std::fs::create_dir(d.join("sub")).unwrap();
@@ -432,6 +438,7 @@ mod tests {
         use std::io::Write;
         let tmp = tempfile::tempdir().unwrap();
         let out = OutputFolder::open(&tmp.path().join("run")).unwrap();
+        out.create().unwrap();
         let log = out.path().join("metrics.jsonl");
         let mut file = std::fs::File::create(&log).unwrap();
         writeln!(file, "one").unwrap();
@@ -446,6 +453,7 @@ mod tests {
         let run = tmp.path().join("run");
         // Killed while staging: the folder is intact, the staging folder goes.
         let out = OutputFolder::open(&run).unwrap();
+        out.create().unwrap();
         std::fs::write(run.join(MODEL_MARKER), "old").unwrap();
         std::fs::create_dir(&out.partial).unwrap();
         std::fs::write(out.partial.join(MODEL_MARKER), "half").unwrap();

@@ -462,6 +462,7 @@ fn a_trained_model_is_kept_unless_overwrite_and_resume_needs_state() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("no resume state") && e.contains("out"), "{e}");
+    assert!(!out.exists(), "a refused --resume made {}", out.display());
 
     let mut c = config(&model, &out);
     c.max_steps = Some(2);
