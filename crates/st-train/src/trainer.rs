@@ -573,6 +573,17 @@ struct Source {
 }
 
 impl Source {
+    /// Puts the source back at `cursor` in pass `pass` (as `next_batch` left it): the pass's
+    /// order is a function of (seed, stream, pass).
+    fn restore(&mut self, cursor: usize, pass: u64, seed: u64, stream: u64) {
+        self.cursor = cursor;
+        self.pass = pass;
+        if pass > 0 {
+            self.order = (0..self.rows.len()).collect();
+            Rng::for_step(seed, stream + 1000, pass - 1).shuffle(&mut self.order);
+        }
+    }
+
     fn next_batch(&mut self, size: usize, seed: u64, stream: u64) -> Vec<usize> {
         let mut out = Vec::with_capacity(size);
         while out.len() < size.min(self.rows.len()) {
@@ -717,13 +728,8 @@ pub fn train<B: AutodiffBackend>(
             )));
         }
         (model, opts, uncertainty) = resume::load(&resume_dir, device, model, opts, uncertainty)?;
-        for (s, (source, (cursor, pass))) in sources.iter_mut().zip(&state.cursors).enumerate() {
-            source.cursor = *cursor;
-            source.pass = *pass;
-            if *pass > 0 {
-                source.order = (0..source.rows.len()).collect();
-                Rng::for_step(config.seed, s as u64 + 1000, pass - 1).shuffle(&mut source.order);
-            }
+        for (s, (source, &(cursor, pass))) in sources.iter_mut().zip(&state.cursors).enumerate() {
+            source.restore(cursor, pass, config.seed, s as u64);
         }
         // Loading restores the saved parameter ids, which the optimizer state is keyed by.
         groups = build_groups(&params(&model), layers, &head_names, &config.lr);
