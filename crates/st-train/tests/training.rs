@@ -626,10 +626,11 @@ fn two_accumulated_batches_of_16_equal_one_of_32() {
             worst = worst.max((x - y).abs());
         }
     }
-    // f32 sums in a different order: differences of a few ulps in the gradients. Adam's update
-    // divides by sqrt(v) + 1e-8, so three steps at lr 1e-3 move each weight by up to 3e-3 and
-    // a rounding difference stays orders of magnitude below that.
-    assert!(worst < 1e-5, "2 × 16 and 32 differ by up to {worst}");
+    // f32 sums in a different order differ by a few ulps in the gradients; Adam's update
+    // g/(sqrt(v) + 1e-8) magnifies them where a gradient is near zero. Measured: up to 4.5e-6
+    // over 6 random tiny models. A real difference (another batch, a missing micro-batch)
+    // moves weights by the step size, 1e-3 per step: the bound sits 20× below that.
+    assert!(worst < 5e-5, "2 × 16 and 32 differ by up to {worst}");
     let moved = start.iter().filter(|(p, a)| &&one[*p] != a).count();
     assert!(
         moved > start.len() / 2,
