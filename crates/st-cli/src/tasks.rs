@@ -71,8 +71,11 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Continue an interrupted run from OUTPUT/resume/ (written after every evaluation).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "overwrite")]
     resume: bool,
+    /// Replace a trained model already in OUTPUT (without it, st refuses).
+    #[arg(long)]
+    overwrite: bool,
 }
 
 fn parse_sampling(s: &str) -> Result<Sampling, String> {
@@ -117,6 +120,10 @@ fn config_from(args: &TrainArgs) -> Result<TrainConfig> {
             config.output = out.clone();
         }
         config.resume |= args.resume;
+        config.overwrite |= args.overwrite;
+        config
+            .validate()
+            .with_context(|| format!("in {}", path.display()))?;
         return Ok(config);
     }
     if args.train.is_empty() {
@@ -150,6 +157,8 @@ fn config_from(args: &TrainArgs) -> Result<TrainConfig> {
     config.schedule = args.schedule;
     config.seed = args.seed;
     config.resume = args.resume;
+    config.overwrite = args.overwrite;
+    config.validate()?;
     Ok(config)
 }
 
@@ -216,12 +225,19 @@ pub fn train<B: AutodiffBackend>(args: TrainArgs, device: &B::Device) -> Result<
         }
     })?;
     bar.finish_and_clear();
-    eprintln!(
-        "{} steps, {} trainable parameters; best model in {}",
-        summary.steps,
-        summary.trainable_params,
-        config.output.display()
-    );
+    if summary.steps == 0 {
+        eprintln!(
+            "nothing trained (every parameter frozen): baseline metrics only, no model written to {}",
+            config.output.display()
+        );
+    } else {
+        eprintln!(
+            "{} steps, {} trainable parameters; best model in {}",
+            summary.steps,
+            summary.trainable_params,
+            config.output.display()
+        );
+    }
     println!("{}", serde_json::to_string(&summary.metrics)?);
     Ok(())
 }

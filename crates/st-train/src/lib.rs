@@ -23,17 +23,21 @@
 //! and gradient clipping by the *global* norm (burn's `GradientClipping::Norm` clips each tensor
 //! on its own, so st-train does not use it).
 
+pub mod checkpoint;
 pub mod data;
 pub mod freeze;
 pub mod groups;
 pub mod metrics;
 pub mod multitask;
 pub mod predict;
+mod resume;
 pub mod schedule;
 pub mod trainer;
+mod validate;
 
 use std::path::{Path, PathBuf};
 
+pub use checkpoint::save_model;
 pub use data::{DataSpec, Example, Format, Label};
 pub use freeze::{Freeze, FreezePlan, GradualUnfreeze, Unit};
 pub use groups::{LayerwiseLrDecay, LrOverride, ParamGroup};

@@ -2,7 +2,6 @@
 //! per-group learning rates, freezing, evaluation, best checkpoint, early stopping.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use burn::module::{AutodiffModule, Module};
@@ -15,11 +14,13 @@ use st_heads::{HeadKind, HeadOutput, HeadSpec, IGNORE, MultiTaskModel, masked_cr
 use st_pooling::SentenceEncoder;
 
 use crate::TrainError;
+use crate::checkpoint::{Checkpoint, RESUME_DIR, RESUME_STATE, RunLog, kept_note, open_output};
 use crate::data::{DataSpec, Example, Label, label_sets, load};
 use crate::freeze::FreezePlan;
 use crate::groups::{LayerwiseLrDecay, ParamEntry, ParamGroup, build_groups, group_table, params};
 use crate::metrics::{accuracy, entity_f1, macro_f1};
 use crate::multitask::{DwaState, Rng, Sampling, UncertaintyWeights, Weighting};
+use crate::resume::{self, Optimizers, ResumeState};
 use crate::schedule::{Decay, Schedule};
 
 /// Per-task head options.
@@ -90,9 +91,13 @@ pub struct TrainConfig {
     pub patience: Option<usize>,
     #[serde(default = "d_seed")]
     pub seed: u64,
-    /// Continue from `output/resume/` (written at every evaluation) when it exists.
+    /// Continue from `output/resume/` (written at every evaluation); an error when there is
+    /// none.
     #[serde(default)]
     pub resume: bool,
+    /// Replace a trained model already in `output` (refused otherwise).
+    #[serde(default)]
+    pub overwrite: bool,
 }
 
 fn d_epochs() -> usize {
@@ -150,6 +155,7 @@ impl TrainConfig {
             patience: None,
             seed: d_seed(),
             resume: false,
+            overwrite: false,
         }
     }
 }
@@ -537,6 +543,17 @@ struct Source {
 }
 
 impl Source {
+    /// Puts the source back at `cursor` in pass `pass` (as `next_batch` left it): the pass's
+    /// order is a function of (seed, stream, pass).
+    fn restore(&mut self, cursor: usize, pass: u64, seed: u64, stream: u64) {
+        self.cursor = cursor;
+        self.pass = pass;
+        if pass > 0 {
+            self.order = (0..self.rows.len()).collect();
+            Rng::for_step(seed, stream + 1000, pass - 1).shuffle(&mut self.order);
+        }
+    }
+
     fn next_batch(&mut self, size: usize, seed: u64, stream: u64) -> Vec<usize> {
         let mut out = Vec::with_capacity(size);
         while out.len() < size.min(self.rows.len()) {
@@ -552,30 +569,6 @@ impl Source {
     }
 }
 
-/// Everything besides weights and optimizer moments that a resumed run needs. Batch order and
-/// dropout masks are functions of `(seed, step)`, so they need no saving.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct ResumeState {
-    step: usize,
-    /// Per source: position in the current pass, and the pass number.
-    cursors: Vec<(usize, u64)>,
-    dwa: Vec<Vec<f64>>,
-    epoch_losses: Vec<(f64, usize)>,
-    best: Option<(f64, Metrics)>,
-    since_best: usize,
-}
-
-type Recorder = burn::record::NamedMpkFileRecorder<burn::record::FullPrecisionSettings>;
-
-const RESUME_DIR: &str = "resume";
-
-fn recorder_err(path: &Path) -> impl Fn(burn::record::RecorderError) -> TrainError + '_ {
-    move |e| TrainError::Io {
-        path: path.to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
-    }
-}
-
 /// Trains as `config` says, starting from the encoder in `model_dir`. Writes the best model
 /// (sentence-transformers folder + heads) and `metrics.jsonl` into `config.output`.
 pub fn train<B: AutodiffBackend>(
@@ -584,15 +577,8 @@ pub fn train<B: AutodiffBackend>(
     device: &B::Device,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<TrainSummary, TrainError> {
-    config.lr.validate()?;
-    if config.batch_size == 0 || config.grad_accumulation == 0 {
-        return Err(TrainError::Config(
-            "batch_size and grad_accumulation must be ≥ 1".into(),
-        ));
-    }
-    if config.train.is_empty() {
-        return Err(TrainError::Config("no training data".into()));
-    }
+    config.validate()?;
+    let folder = open_output(config)?;
     let train_sets = config
         .train
         .iter()
@@ -647,19 +633,12 @@ pub fn train<B: AutodiffBackend>(
         config.freeze.trains(g, layers, 0, 0)
     })));
 
-    std::fs::create_dir_all(&config.output).map_err(|e| TrainError::io(&config.output, e))?;
-    let log_path = config.output.join("metrics.jsonl");
-    // A resumed run appends to the log it continues.
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .append(config.resume)
-        .truncate(!config.resume)
-        .open(&log_path)
-        .map_err(|e| TrainError::io(&log_path, e))?;
-    let mut write_log = |value: serde_json::Value| -> Result<(), TrainError> {
-        writeln!(log, "{value}").map_err(|e| TrainError::io(&log_path, e))
+    let resume_dir = folder.path().join(RESUME_DIR);
+    let resumed = match config.resume {
+        true => Some(resume::read_state(&resume_dir)?),
+        false => None,
     };
+    let mut log = RunLog::open(folder.path(), resumed.as_ref().map(|s| s.log_bytes))?;
 
     let sizes: Vec<usize> = sources.iter().map(|s| s.rows.len()).collect();
     let total_examples: usize = sizes.iter().sum();
@@ -676,7 +655,7 @@ pub fn train<B: AutodiffBackend>(
     if config.freeze.freezes_everything() {
         // Nothing trains: report the frozen model's metrics, as a baseline.
         let metrics = evaluate(&model.valid(), &eval_rows, &eval_examples, 64);
-        write_log(serde_json::json!({"epoch": 0, "step": 0, "eval": metrics, "frozen": true}))?;
+        log.write(serde_json::json!({"epoch": 0, "step": 0, "eval": metrics, "frozen": true}))?;
         on_event(&Event::Eval {
             epoch: 0,
             metrics: metrics.clone(),
@@ -694,54 +673,33 @@ pub fn train<B: AutodiffBackend>(
             .with_epsilon(config.adam_epsilon as f32)
             .with_weight_decay(decay as f32)
     };
-    let mut opt_decay = adamw(config.weight_decay).init::<B, MultiTaskModel<B>>();
-    let mut opt_plain = adamw(0.0).init::<B, MultiTaskModel<B>>();
+    let mut opts = Optimizers {
+        decay: adamw(config.weight_decay).init::<B, MultiTaskModel<B>>(),
+        plain: adamw(0.0).init::<B, MultiTaskModel<B>>(),
+        uncertainty: adamw(0.0).init::<B, UncertaintyWeights<B>>(),
+    };
     let mut uncertainty = matches!(config.weighting, Weighting::Uncertainty)
         .then(|| UncertaintyWeights::<B>::new(specs.len(), device));
-    let mut opt_uncertainty = adamw(0.0).init::<B, UncertaintyWeights<B>>();
     let mut dwa = DwaState::default();
     let mut epoch_losses: Vec<(f64, usize)> = vec![(0.0, 0); specs.len()];
     let mut best: Option<(f64, Metrics)> = None;
     let mut since_best = 0;
     let mut first_step = 0;
+    // Whether this run's output holds a checkpoint of it (a resumed run starts from one).
+    let mut checkpointed = resumed.is_some();
 
-    let resume_dir = config.output.join(RESUME_DIR);
-    if config.resume && resume_dir.join("state.json").is_file() {
-        use burn::record::Recorder as _;
-        let state_path = resume_dir.join("state.json");
-        let text =
-            std::fs::read_to_string(&state_path).map_err(|e| TrainError::io(&state_path, e))?;
-        let state: ResumeState = serde_json::from_str(&text).map_err(|e| TrainError::Data {
-            path: state_path.clone(),
-            line: e.line(),
-            message: e.to_string(),
-        })?;
+    if let Some(state) = resumed {
         if state.cursors.len() != sources.len() {
             return Err(TrainError::Config(format!(
                 "{} was written for {} training sources, this config has {}",
-                state_path.display(),
+                resume_dir.join(RESUME_STATE).display(),
                 state.cursors.len(),
                 sources.len()
             )));
         }
-        let rec = Recorder::new();
-        let at = |name: &str| resume_dir.join(name);
-        let bad = recorder_err(&resume_dir);
-        model = model.load_file(at("model"), &rec, device).map_err(&bad)?;
-        opt_decay = opt_decay.load_record(rec.load(at("opt_decay"), device).map_err(&bad)?);
-        opt_plain = opt_plain.load_record(rec.load(at("opt_plain"), device).map_err(&bad)?);
-        if let Some(u) = uncertainty.take() {
-            uncertainty = Some(u.load_file(at("uncertainty"), &rec, device).map_err(&bad)?);
-            opt_uncertainty =
-                opt_uncertainty.load_record(rec.load(at("opt_uncertainty"), device).map_err(&bad)?);
-        }
-        for (s, (source, (cursor, pass))) in sources.iter_mut().zip(&state.cursors).enumerate() {
-            source.cursor = *cursor;
-            source.pass = *pass;
-            if *pass > 0 {
-                source.order = (0..source.rows.len()).collect();
-                Rng::for_step(config.seed, s as u64 + 1000, pass - 1).shuffle(&mut source.order);
-            }
+        (model, opts, uncertainty) = resume::load(&resume_dir, device, model, opts, uncertainty)?;
+        for (s, (source, &(cursor, pass))) in sources.iter_mut().zip(&state.cursors).enumerate() {
+            source.restore(cursor, pass, config.seed, s as u64);
         }
         // Loading restores the saved parameter ids, which the optimizer state is keyed by.
         groups = build_groups(&params(&model), layers, &head_names, &config.lr);
@@ -763,6 +721,7 @@ pub fn train<B: AutodiffBackend>(
     };
     let pad_id = model.encoder.tokenizer.pad_id();
 
+    let mut steps_done = first_step;
     for step in first_step..total_steps {
         let epoch = step / steps_per_epoch;
         // Dropout masks depend on (seed, step) only, so a resumed run repeats an unbroken one.
@@ -812,10 +771,9 @@ pub fn train<B: AutodiffBackend>(
                     let value = loss.clone().into_scalar().elem::<f64>();
                     if !value.is_finite() {
                         return Err(TrainError::Diverged(format!(
-                            "task `{}` loss is {value} at step {step}; the last good checkpoint in {} is kept \
-                         (try a lower learning rate)",
+                            "task `{}` loss is {value} at step {step}; {} (try a lower learning rate)",
                             specs[h].name,
-                            config.output.display()
+                            kept_note(&config.output, checkpointed)
                         )));
                     }
                     let (weighted, weight) = match (&config.weighting, &uncertainty) {
@@ -879,23 +837,24 @@ pub fn train<B: AutodiffBackend>(
                 }
             }
             if !with_decay.is_empty() {
-                model = opt_decay.step(lr, model, with_decay);
+                model = opts.decay.step(lr, model, with_decay);
             }
             if !without.is_empty() {
-                model = opt_plain.step(lr, model, without);
+                model = opts.plain.step(lr, model, without);
             }
         }
         if let (Some(u), Some(g)) = (uncertainty.take(), uncertainty_grads) {
             // The log-variances are per-task parameters like the heads, and learn at the head
             // rate: at the encoder's rate (~1e-4) they move by ~0.01 in a hundred steps.
-            uncertainty = Some(opt_uncertainty.step(config.lr.head_rate() * factor, u, g));
+            uncertainty = Some(opts.uncertainty.step(config.lr.head_rate() * factor, u, g));
         }
         on_event(&Event::Step {
             step: step + 1,
             total: total_steps,
             losses: step_losses.clone(),
         });
-        write_log(serde_json::json!({
+        steps_done = step + 1;
+        log.write(serde_json::json!({
             "step": step + 1,
             "step_ms": step_started.elapsed().as_secs_f64() * 1e3,
             "epoch": epoch,
@@ -933,11 +892,10 @@ pub fn train<B: AutodiffBackend>(
             if improved {
                 best = Some((current.unwrap_or(0.0), metrics.clone()));
                 since_best = 0;
-                save(&model, config)?;
             } else {
                 since_best += 1;
             }
-            write_log(
+            log.write(
                 serde_json::json!({"epoch": epoch + 1, "step": step + 1, "eval": metrics, "best": improved}),
             )?;
             let state = ResumeState {
@@ -947,16 +905,17 @@ pub fn train<B: AutodiffBackend>(
                 epoch_losses: epoch_losses.clone(),
                 best: best.clone(),
                 since_best,
+                log_bytes: Some(log.len()?),
             };
-            let weights = uncertainty.as_ref().map(|u| (u, &opt_uncertainty));
-            save_resume(
-                &config.output,
-                &model,
-                &opt_decay,
-                &opt_plain,
-                weights,
-                &state,
-            )?;
+            let checkpoint = Checkpoint {
+                model: &model,
+                opts: &opts,
+                uncertainty: uncertainty.as_ref(),
+                state: &state,
+                with_model: improved,
+            };
+            checkpoint.commit(&folder, config, checkpointed)?;
+            checkpointed = true;
             on_event(&Event::Eval {
                 epoch: epoch + 1,
                 metrics,
@@ -968,68 +927,10 @@ pub fn train<B: AutodiffBackend>(
         }
     }
     Ok(TrainSummary {
-        steps: total_steps,
+        steps: steps_done,
         metrics: best.map(|(_, m)| m).unwrap_or_default(),
         trainable_params,
     })
-}
-
-/// Writes `output/resume/` (model and optimizer records, loop state) in one rename.
-fn save_resume<B, O1, O2, O3>(
-    output: &Path,
-    model: &MultiTaskModel<B>,
-    opt_decay: &O1,
-    opt_plain: &O2,
-    uncertainty: Option<(&UncertaintyWeights<B>, &O3)>,
-    state: &ResumeState,
-) -> Result<(), TrainError>
-where
-    B: AutodiffBackend,
-    O1: Optimizer<MultiTaskModel<B>, B>,
-    O2: Optimizer<MultiTaskModel<B>, B>,
-    O3: Optimizer<UncertaintyWeights<B>, B>,
-{
-    use burn::record::Recorder as _;
-    let tmp = output.join(".resume-tmp");
-    let dir = output.join(RESUME_DIR);
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-    let rec = Recorder::new();
-    let bad = recorder_err(&tmp);
-    model
-        .clone()
-        .save_file(tmp.join("model"), &rec)
-        .map_err(&bad)?;
-    rec.record(opt_decay.to_record(), tmp.join("opt_decay"))
-        .map_err(&bad)?;
-    rec.record(opt_plain.to_record(), tmp.join("opt_plain"))
-        .map_err(&bad)?;
-    if let Some((u, opt)) = uncertainty {
-        u.clone()
-            .save_file(tmp.join("uncertainty"), &rec)
-            .map_err(&bad)?;
-        rec.record(opt.to_record(), tmp.join("opt_uncertainty"))
-            .map_err(&bad)?;
-    }
-    let text = serde_json::to_string(state).expect("state serializes");
-    std::fs::write(tmp.join("state.json"), text).map_err(|e| TrainError::io(&tmp, e))?;
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
-    }
-    std::fs::rename(&tmp, &dir).map_err(|e| TrainError::io(&dir, e))
-}
-
-/// Writes the model: a sentence-transformers folder plus `heads.json`, `heads.safetensors`
-/// and `train_config.json`.
-pub fn save<B: Backend>(model: &MultiTaskModel<B>, config: &TrainConfig) -> Result<(), TrainError> {
-    let dir = &config.output;
-    model.encoder.save_pretrained(dir)?;
-    model.save_heads(dir)?;
-    let text = serde_json::to_string_pretty(config).expect("config serializes");
-    st_backbone::write_atomic(&dir.join("train_config.json"), text.as_bytes())?;
-    Ok(())
 }
 
 /// Adds the gradient of `p` in `from` into `to`.
