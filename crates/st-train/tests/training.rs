@@ -266,7 +266,10 @@ fn freezing_everything_reports_the_baseline() {
     assert_eq!(summary.trainable_params, 0);
     // The baseline is measured on every labelled test example, and nothing trained is saved.
     let test = st_train::data::load(&c.eval[0]).unwrap();
-    let labelled = test.iter().filter(|e| e.labels.contains_key("topic")).count();
+    let labelled = test
+        .iter()
+        .filter(|e| e.labels.contains_key("topic"))
+        .count();
     assert!(labelled > 0);
     assert_eq!(summary.metrics["topic"]["n"], labelled as f64);
     let accuracy = summary.metrics["topic"]["accuracy"];
