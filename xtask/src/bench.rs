@@ -142,6 +142,44 @@ fn sentences(n: usize, seed: u64) -> Vec<String> {
         .collect()
 }
 
+/// Peak RSS of `st encode` (flex) on 5,000 and on 50,000 input lines, as a markdown paragraph:
+/// the encoder streams its input in windows, so the two must be about equal. Lines are short and
+/// truncated at 16 tokens so the run takes about a minute; memory, not speed, is measured.
+fn streaming_memory(flex_st: &Path, model: &str, work: &Path, threads: &str) -> Result<String> {
+    let mut peaks = Vec::new();
+    for n in [5_000, 50_000] {
+        let input = work.join(format!("stream-{n}.txt"));
+        let texts: Vec<String> = sentences(n, 7)
+            .into_iter()
+            .map(|s| s[..s.len().min(80)].to_string())
+            .collect();
+        std::fs::write(&input, texts.join("\n") + "\n")?;
+        let mut cmd = Command::new(flex_st);
+        cmd.args([
+            "--threads",
+            threads,
+            "encode",
+            "--model",
+            model,
+            "--max-seq-length",
+            "16",
+        ])
+        .arg("--input")
+        .arg(&input)
+        .args(["--output", "/dev/null"]);
+        peaks.push(measure(&mut cmd)?.peak_rss_mb);
+        let _ = std::fs::remove_file(&input);
+    }
+    Ok(format!(
+        "Memory on long inputs (`st encode --input`, flex, lines truncated at 16 tokens, output \
+to `/dev/null`): peak RSS {:.0} MB for 5,000 lines, {:.0} MB for 50,000 ({:.2}×): the input is \
+read, sorted and encoded in windows of 4,096 texts and written as it goes.\n",
+        peaks[0],
+        peaks[1],
+        peaks[1] / peaks[0]
+    ))
+}
+
 pub struct Settings {
     pub quick: bool,
     pub json: bool,
@@ -721,6 +759,11 @@ pub fn run(
         })
         .unwrap_or_default();
     let mflop = flops_per_sentence / 1e6;
+    let memory = if settings.quick {
+        String::new()
+    } else {
+        streaming_memory(&settings.flex_st, model, &work, &threads)?
+    };
     let doc = format!(
         "# Benchmarks\n\nWritten by `cargo xtask bench --backends {}` on {} ({} threads per side, {} CPUs \
 visible), all-MiniLM-L6-v2, {n} generated sentences ({tokens_mean:.1} words mean), median of {runs} \
@@ -728,7 +771,7 @@ run(s) per side after a warm-up, sides alternating. Python: sentence-transformer
 `cargo xtask pyenv`. st: release build, fp32; flex is measured with the default build (no \
 libtorch to load), the other backends with a build that has their features.\n\n{table}\n\
 Reduced precision (`--precision bf16`: BERT weights and activations in bfloat16, pooling in \
-f32), alternating with the same Python fp32 runs:\n\n{reduced_table}\n\
+f32), alternating with the same Python fp32 runs:\n\n{reduced_table}\n{memory}\n\
 ## Goals\n\n{goals}\n\
 ## Compute ceiling\n\nall-MiniLM-L6-v2 needs {mflop:.1} MFLOP per sentence on this input \
 ({tokens_per_sentence:.1} tokens mean; `BertConfig::forward_flops`, padding not counted). Matmul \
