@@ -307,7 +307,14 @@ fn download(
         url: url.into(),
         reason,
     };
-    let response = agent.get(url).call().map_err(|e| fail(e.to_string()))?;
+    let response = agent.get(url).call().map_err(|e| match e {
+        ureq::Error::Status(code, _) => fail(format!("HTTP status {code}")),
+        // Its Display repeats the URL the caller already names.
+        ureq::Error::Transport(t) => fail(match t.message() {
+            Some(m) => format!("{}: {m}", t.kind()),
+            None => t.kind().to_string(),
+        }),
+    })?;
     if let Some(parent) = out.parent() {
         std::fs::create_dir_all(parent).map_err(io(parent))?;
     }
