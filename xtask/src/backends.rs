@@ -55,17 +55,11 @@ pub fn setup_libtorch(cuda: bool, pyenv: impl FnOnce() -> Result<PathBuf>) -> Re
         "setting up a CPU-only libtorch {TORCH_VERSION} in {} (downloads ~0.9 GB of wheels with pip)",
         dir.display()
     );
+    let wheels = cpu_wheels()?;
     let parent = dir.parent().expect("ST_HOME has a parent");
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     let partial = parent.join(format!(".libtorch-partial-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&partial);
-    let wheels = partial.join("wheels");
-    crate::status(
-        Command::new(std::env::var("ST_PYTHON").unwrap_or_else(|_| "python3".into()))
-            .args(["-m", "pip", "download", "--no-deps", "--quiet", "-d"])
-            .arg(&wheels)
-            .args(CPU_WHEELS),
-    )?;
     std::fs::create_dir_all(partial.join("lib"))?;
     std::fs::create_dir_all(partial.join("include"))?;
     for entry in std::fs::read_dir(&wheels)? {
@@ -93,7 +87,6 @@ pub fn setup_libtorch(cuda: bool, pyenv: impl FnOnce() -> Result<PathBuf>) -> Re
     if !child.wait()?.success() {
         bail!("cc could not build the stand-in libtorch.so");
     }
-    std::fs::remove_dir_all(&wheels)?;
     std::fs::write(partial.join("build-version"), TORCH_VERSION)?;
     match std::fs::rename(&partial, &dir) {
         Ok(()) => {}
@@ -104,6 +97,43 @@ pub fn setup_libtorch(cuda: bool, pyenv: impl FnOnce() -> Result<PathBuf>) -> Re
         Err(e) => return Err(e).with_context(|| format!("moving libtorch to {}", dir.display())),
     }
     Ok(dir)
+}
+
+/// PyPI's torch wheel and the two CUDA runtime wheels it needs on a CPU (~0.9 GB), downloaded
+/// once into `$ST_HOME/wheels/torch-2.9.0-cpu` and kept: the CPU libtorch is cut out of them,
+/// and the Python reference environment installs them (xtask/src/pyenv.rs).
+pub fn cpu_wheels() -> Result<PathBuf> {
+    let dir = st_hub::st_home()
+        .join("wheels")
+        .join(format!("torch-{TORCH_VERSION}-cpu"));
+    let stamp = dir.join("complete");
+    if stamp.is_file() {
+        return Ok(dir);
+    }
+    eprintln!(
+        "downloading torch {TORCH_VERSION} wheels (~0.9 GB) into {}",
+        dir.display()
+    );
+    // pip skips files already there, so an interrupted download resumes file by file.
+    crate::status(
+        Command::new(std::env::var("ST_PYTHON").unwrap_or_else(|_| "python3".into()))
+            .args(["-m", "pip", "download", "--no-deps", "--quiet", "-d"])
+            .arg(&dir)
+            .args(CPU_WHEELS),
+    )?;
+    std::fs::write(&stamp, CPU_WHEELS.join("\n"))?;
+    Ok(dir)
+}
+
+/// The wheel files in `cpu_wheels()`.
+pub fn cpu_wheel_files() -> Result<Vec<PathBuf>> {
+    let dir = cpu_wheels()?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()?;
+    files.retain(|p| p.extension().is_some_and(|e| e == "whl"));
+    files.sort();
+    Ok(files)
 }
 
 /// Extracts headers and the CPU libraries from one wheel into `out/include` and `out/lib`.
@@ -136,7 +166,8 @@ fn unpack(wheel: &Path, out: &Path) -> Result<()> {
 }
 
 /// Makes sure wgpu will find a Vulkan adapter: a GPU driver, or Mesa's lavapipe on the CPU.
-/// As root with apt-get, installs lavapipe; otherwise fails with the command to run.
+/// With apt-get, as root or through password-less sudo, installs lavapipe; otherwise fails
+/// with the command to run.
 pub fn ensure_vulkan() -> Result<()> {
     let icd_dirs = [
         "/usr/share/vulkan/icd.d",
@@ -161,7 +192,13 @@ pub fn ensure_vulkan() -> Result<()> {
         .arg("-u")
         .output()
         .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-    if !root || Command::new("apt-get").arg("--version").output().is_err() {
+    // Not root: sudo, when it works without a password prompt.
+    let sudo = !root
+        && Command::new("sudo")
+            .args(["-n", "true"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !(root || sudo) || Command::new("apt-get").arg("--version").output().is_err() {
         bail!(
             "the wgpu tests need a Vulkan driver and none was found; on Debian/Ubuntu run \
              `sudo {INSTALL}` (Mesa's lavapipe runs Vulkan on the CPU), or test without wgpu: \
@@ -169,10 +206,11 @@ pub fn ensure_vulkan() -> Result<()> {
         );
     }
     eprintln!("no Vulkan driver found: installing Mesa's lavapipe (CPU Vulkan) with apt-get");
-    crate::status(Command::new("apt-get").args(["update", "-qq"]))?;
+    let as_root = if sudo { "sudo -n " } else { "" };
+    crate::status(Command::new("sh").args(["-c", &format!("{as_root}apt-get update -qq")]))?;
     crate::status(Command::new("sh").args([
         "-c",
-        &format!("DEBIAN_FRONTEND=noninteractive {INSTALL} -qq"),
+        &format!("{as_root}env DEBIAN_FRONTEND=noninteractive {INSTALL} -qq"),
     ]))?;
     if !has_driver() {
         bail!("installed mesa-vulkan-drivers but still found no Vulkan driver");

@@ -36,6 +36,9 @@ const FLOORS: [(&str, f64); 2] = [("topic", 0.876), ("sentiment", 0.739)];
 
 /// The short multi-task run: 1,500 examples of each task, 80 steps of 32, 48 tokens (the same
 /// config as docs/experiments/freezing/1-none.toml).
+/// The datasets the journey reads.
+pub const DATASETS: &[&str] = &["stsb", "trec", "sst2", "snips"];
+
 fn train_config(datasets: &Path, model: &Path, out: &Path) -> String {
     format!(
         r#"model = "{model}"

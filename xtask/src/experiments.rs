@@ -38,6 +38,9 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
 /// share a row (the plain fine-tune is the baseline of three tables) train it once.
 type Done = std::cell::RefCell<BTreeMap<String, (PathBuf, RunResult)>>;
 
+/// The datasets the experiment configs name (as `../shared/datasets/NAME/...`).
+pub const DATASETS: &[&str] = &["trec", "sst2", "snips"];
+
 pub struct Experiments<'a> {
     pub done: Done,
     pub root: &'a Path,

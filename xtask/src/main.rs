@@ -8,6 +8,7 @@
 //! - `reference [MODEL]`: regenerate the Python parity fixtures with sentence-transformers, in a
 //!   virtual environment this command creates.
 //! - `e2e [--backend B]`: the whole user journey, checked step by step (see e2e.rs).
+//! - `datasets [--fetch] [NAME...]`: find or fetch the public datasets (st_hub::datasets).
 //! - `pyenv`: create (or reuse) that virtual environment and print its Python.
 
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ mod backends;
 mod bench;
 mod e2e;
 mod experiments;
+mod pyenv;
 mod stats;
 
 const USAGE: &str = "usage: cargo xtask <command>
@@ -46,6 +48,12 @@ commands:
   experiments [TABLE...] [--seeds 42,43,44] [--backend B]
                       rerun the training experiments in docs/experiments/TABLE/ and rewrite
                       docs/experiments/TABLE.md (default: every table, seed 42)
+  datasets [--fetch] [NAME...]
+                      find or fetch the public datasets tests, e2e and experiments read
+                      (default: all), check their sha256, print NAME and folder; looks in
+                      $ST_DATASETS, ../shared/datasets, the st cache, then fetches from each
+                      dataset's origin ($ST_DATASETS_URL overrides the base URL) into the cache;
+                      --fetch: into the cache even when found elsewhere
   pyenv               create the Python reference environment; print its python path
   python-check DIR    encode sample texts with `st` and with Python sentence-transformers
                       loading DIR; fail unless every cosine is >= 0.9999";
@@ -90,7 +98,8 @@ fn run() -> Result<()> {
             test(&list)
         }
         Some("setup-libtorch") => {
-            let dir = backends::setup_libtorch(args.iter().any(|a| a == "--cuda"), pyenv)?;
+            let dir =
+                backends::setup_libtorch(args.iter().any(|a| a == "--cuda"), pyenv::pyenv_cuda)?;
             eprintln!(
                 "libtorch ready. Build st with it:\n  export LIBTORCH={0}\n  \
                  cargo build --release -p st-cli --features tch\n(the binary finds {0}/lib by \
@@ -170,7 +179,7 @@ fn run() -> Result<()> {
             let e2e = e2e::E2e {
                 st: &st,
                 backend: &backend,
-                datasets: datasets_dir()?,
+                datasets: datasets_root(e2e::DATASETS)?,
                 work: workspace_root().join("target/e2e"),
             };
             e2e.run(&dir, &|trained| {
@@ -218,7 +227,7 @@ fn run() -> Result<()> {
                 st_sha256: st_hub::sha256_file(&st)?,
                 backend: &backend,
                 model: &dir,
-                datasets: datasets_dir()?,
+                datasets: datasets_root(experiments::DATASETS)?,
                 seeds,
             };
             for table in &tables {
@@ -226,6 +235,7 @@ fn run() -> Result<()> {
             }
             Ok(())
         }
+        Some("datasets") => datasets(&args[1..]),
         Some("pyenv") => {
             println!("{}", pyenv()?.display());
             Ok(())
@@ -276,7 +286,10 @@ fn with_backends(cmd: &mut Command, list: &str) -> Result<()> {
                 if std::env::var_os("LIBTORCH").is_none()
                     && std::env::var_os("LIBTORCH_USE_PYTORCH").is_none()
                 {
-                    cmd.env("LIBTORCH", backends::setup_libtorch(false, pyenv)?);
+                    cmd.env(
+                        "LIBTORCH",
+                        backends::setup_libtorch(false, pyenv::pyenv_cuda)?,
+                    );
                 }
                 features.push("st-cli/tch");
             }
@@ -341,28 +354,9 @@ fn test(backends: &str) -> Result<()> {
     Ok(())
 }
 
-/// A virtual environment with the pinned Python reference stack, under `$ST_HOME/pyenv`.
+/// The Python reference environment (CPU-only torch), see pyenv.rs.
 fn pyenv() -> Result<PathBuf> {
-    let venv = st_hub::st_home().join("pyenv");
-    let python = venv.join("bin").join("python");
-    let stamp = venv.join("st-requirements.txt");
-    let wanted = PY_REQUIREMENTS.join("\n");
-    if python.is_file() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
-        return Ok(python);
-    }
-    eprintln!(
-        "creating the Python reference environment in {} (torch + sentence-transformers, a few GB)",
-        venv.display()
-    );
-    let system_python = std::env::var("ST_PYTHON").unwrap_or_else(|_| "python3".into());
-    status(Command::new(&system_python).args(["-m", "venv"]).arg(&venv))?;
-    status(
-        Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "--upgrade"])
-            .args(PY_REQUIREMENTS),
-    )?;
-    std::fs::write(&stamp, wanted).context("writing the environment stamp")?;
-    Ok(python)
+    pyenv::pyenv()
 }
 
 fn reference(model: &str) -> Result<()> {
@@ -439,18 +433,43 @@ fn release_st(backends: &str, purpose: &str) -> Result<PathBuf> {
     Ok(st)
 }
 
-/// `$ST_DATASETS`, or `../shared/datasets` beside the repository.
-fn datasets_dir() -> Result<PathBuf> {
-    let dir = std::env::var_os("ST_DATASETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("../shared/datasets"));
-    if !dir.join("stsb/sts-test.csv").is_file() {
-        bail!(
-            "datasets not found in {}: set ST_DATASETS to the folder holding stsb/, trec/, sst2/",
-            dir.display()
-        );
+/// One folder holding `names` as sub-folders: `$ST_DATASETS`, `../shared/datasets` beside the
+/// repository, or the st cache, fetching what is missing (st_hub::datasets).
+fn datasets_root(names: &[&str]) -> Result<PathBuf> {
+    let lookup = st_hub::datasets::Lookup::from_env(Some(&workspace_root()));
+    Ok(lookup.root(names, &mut |m| eprintln!("{m}"))?)
+}
+
+/// `cargo xtask datasets [--fetch] [NAME...]`: finds (or fetches) each dataset, checks every
+/// file's sha256 and prints `NAME<TAB>FOLDER`. `--fetch` fetches into the st cache even when
+/// another folder has the dataset, to check the route a fresh machine takes.
+fn datasets(args: &[String]) -> Result<()> {
+    let fetch = args.iter().any(|a| a == "--fetch");
+    let mut names: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| *a != "--fetch")
+        .collect();
+    if names.is_empty() {
+        names = st_hub::datasets::NAMES.to_vec();
     }
-    Ok(dir)
+    let mut lookup = st_hub::datasets::Lookup::from_env(Some(&workspace_root()));
+    if fetch {
+        lookup.explicit = None;
+        lookup.shared = None;
+    }
+    for name in names {
+        let dir = lookup.dataset(name, &mut |m| eprintln!("{m}"))?;
+        st_hub::datasets::verify(&dir, &st_hub::datasets::files(name)?).with_context(|| {
+            format!(
+                "dataset {name} in {} differs from the published files; remove it (or fix \
+                 ST_DATASETS) and rerun `cargo xtask datasets`",
+                dir.display()
+            )
+        })?;
+        println!("{name}\t{}", dir.display());
+    }
+    Ok(())
 }
 
 /// This package's folder, read when the program runs (cargo sets it for `cargo run` and

