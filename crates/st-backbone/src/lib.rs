@@ -50,6 +50,8 @@
 //!
 
 mod config;
+mod flex;
+mod fused;
 mod model;
 mod tokenizer;
 mod weights;
@@ -57,6 +59,7 @@ mod weights;
 use std::path::{Path, PathBuf};
 
 pub use config::{BertConfig, HiddenAct};
+pub use fused::{AutodiffEncoderBackend, EncoderBackend};
 pub use model::{
     BertAttention, BertEmbeddings, BertEncoder, BertInput, BertIntermediate, BertLayer, BertModel,
     BertOutput, BertPooler, BertSelfAttention, BertSelfOutput,
