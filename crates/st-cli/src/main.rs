@@ -17,6 +17,7 @@ use burn::module::Module;
 use burn::tensor::backend::Backend;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use st_backbone::EncoderBackend;
 use st_pooling::{EncodeOptions, EncodeOutput, PoolingMode, SentenceEncoder};
 
 use crate::backend::BackendKind;
@@ -275,7 +276,7 @@ impl Precision {
 }
 
 /// Runs one command on backend `B` (training on `Autodiff<B>`).
-fn run_on<B: Backend>(command: Command, device: &B::Device) -> Result<()> {
+fn run_on<B: EncoderBackend>(command: Command, device: &B::Device) -> Result<()> {
     match command {
         Command::Train(args) => tasks::train::<burn_autodiff::Autodiff<B>>(*args, device),
         other => run_inference::<B>(other, device),
@@ -283,7 +284,7 @@ fn run_on<B: Backend>(command: Command, device: &B::Device) -> Result<()> {
 }
 
 /// Every command but training, on backend `B`.
-fn run_inference<B: Backend>(command: Command, device: &B::Device) -> Result<()> {
+fn run_inference<B: EncoderBackend>(command: Command, device: &B::Device) -> Result<()> {
     match command {
         Command::Encode(args) => encode::<B>(args, device),
         Command::Similarity { model, texts } => similarity::<B>(&model, &texts, device),
@@ -345,7 +346,7 @@ fn info_backends(json: bool) -> Result<()> {
 }
 
 /// Resolves, loads and configures the model as the flags say.
-fn load<B: Backend>(args: &ModelArgs, device: &B::Device) -> Result<SentenceEncoder<B>> {
+fn load<B: EncoderBackend>(args: &ModelArgs, device: &B::Device) -> Result<SentenceEncoder<B>> {
     let dir = st_hub::resolve(&args.model, &mut |m| eprintln!("{m}"))?;
     let mut encoder = SentenceEncoder::<B>::from_dir(&dir, device)
         .with_context(|| format!("loading model from {}", dir.display()))?;
@@ -369,7 +370,7 @@ fn load<B: Backend>(args: &ModelArgs, device: &B::Device) -> Result<SentenceEnco
 
 /// Encodes with a progress bar (shown when stderr is a terminal and the input is long) and one
 /// warning for truncated inputs.
-fn embed<B: Backend>(
+fn embed<B: EncoderBackend>(
     encoder: &SentenceEncoder<B>,
     texts: &[&str],
     batch_size: usize,
@@ -407,7 +408,7 @@ fn embed<B: Backend>(
     Ok(out)
 }
 
-fn encode<B: Backend>(args: EncodeArgs, device: &B::Device) -> Result<()> {
+fn encode<B: EncoderBackend>(args: EncodeArgs, device: &B::Device) -> Result<()> {
     let (texts, source) = match (&args.input, args.texts.is_empty()) {
         (Some(path), _) => (input::read_texts(path)?, Some(path.clone())),
         (None, false) => (args.texts.clone(), None),
@@ -479,7 +480,11 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
     dot / (na * nb).max(1e-12)
 }
 
-fn similarity<B: Backend>(args: &ModelArgs, texts: &[String], device: &B::Device) -> Result<()> {
+fn similarity<B: EncoderBackend>(
+    args: &ModelArgs,
+    texts: &[String],
+    device: &B::Device,
+) -> Result<()> {
     let encoder = load::<B>(args, device)?;
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let emb = embed(&encoder, &refs, args.batch_size, |i| {
@@ -521,7 +526,7 @@ fn similarity<B: Backend>(args: &ModelArgs, texts: &[String], device: &B::Device
     Ok(())
 }
 
-fn eval_sts<B: Backend>(
+fn eval_sts<B: EncoderBackend>(
     args: &ModelArgs,
     data: &Path,
     json: bool,
@@ -616,7 +621,7 @@ fn matmul_peak<B: Backend>(
     Ok(())
 }
 
-fn info<B: Backend>(args: &ModelArgs, json: bool, device: &B::Device) -> Result<()> {
+fn info<B: EncoderBackend>(args: &ModelArgs, json: bool, device: &B::Device) -> Result<()> {
     let encoder = load::<B>(args, device)?;
     let c = &encoder.bert_config;
     let params = encoder.num_params();
