@@ -28,13 +28,20 @@ fn batch(lengths: &[usize], seed: u64) -> BertInput<B> {
     let mut s = seed;
     for &len in lengths {
         for t in 0..seq {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ids.push(if t < len { 1 + (s >> 33) as i32 % 96 } else { 0 });
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ids.push(if t < len {
+                1 + (s >> 33) as i32 % 96
+            } else {
+                0
+            });
             mask.push(i32::from(t < len));
         }
     }
     let shape = [lengths.len(), seq];
-    let tensor = |v: Vec<i32>| Tensor::<B, 1, Int>::from_ints(v.as_slice(), &FlexDevice).reshape(shape);
+    let tensor =
+        |v: Vec<i32>| Tensor::<B, 1, Int>::from_ints(v.as_slice(), &FlexDevice).reshape(shape);
     BertInput {
         input_ids: tensor(ids),
         attention_mask: tensor(mask),
@@ -65,9 +72,13 @@ fn fused_ops_match_composed_code() {
         let composed = attn.forward(x.clone(), padding.clone());
         assert!(max_diff(fused, composed) < 1e-5, "self_attention, {what}");
 
-        let residual = Tensor::<B, 3>::random([n, seq, 36], Distribution::Normal(0.0, 1.0), &FlexDevice);
+        let residual =
+            Tensor::<B, 3>::random([n, seq, 36], Distribution::Normal(0.0, 1.0), &FlexDevice);
         let out = &layer.attention.output;
-        let diff = max_diff(B::self_output(out, x.clone(), residual.clone()), out.forward(x.clone(), residual));
+        let diff = max_diff(
+            B::self_output(out, x.clone(), residual.clone()),
+            out.forward(x.clone(), residual),
+        );
         assert!(diff < 1e-4, "self_output {diff}, {what}");
 
         let inter = &layer.intermediate;
@@ -84,9 +95,14 @@ fn fused_ops_match_composed_code() {
 /// The model through the modules' own `forward`, as autodiff backends run it.
 fn composed_forward(model: &BertModel<B>, input: BertInput<B>) -> Tensor<B, 3> {
     let padding = input.attention_mask.equal_elem(0);
-    let mut x = model.embeddings.forward(input.input_ids, input.token_type_ids);
+    let mut x = model
+        .embeddings
+        .forward(input.input_ids, input.token_type_ids);
     for layer in &model.encoder.layer {
-        let attended = layer.attention.self_attn.forward(x.clone(), padding.clone());
+        let attended = layer
+            .attention
+            .self_attn
+            .forward(x.clone(), padding.clone());
         x = layer.attention.output.forward(attended, x);
         let expanded = layer.intermediate.forward(x.clone());
         x = layer.output.forward(expanded, x);
@@ -115,6 +131,9 @@ fn fused_ops_match_composed_code_at_every_level() {
             String::from_utf8_lossy(&out.stderr)
         );
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(stdout.contains("1 passed"), "the child ran no test at {level}: {stdout}");
+        assert!(
+            stdout.contains("1 passed"),
+            "the child ran no test at {level}: {stdout}"
+        );
     }
 }
