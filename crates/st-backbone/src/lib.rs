@@ -51,6 +51,8 @@
 
 mod atomic;
 mod config;
+mod flex;
+mod fused;
 mod model;
 mod tokenizer;
 mod weights;
@@ -59,6 +61,7 @@ use std::path::{Path, PathBuf};
 
 pub use atomic::{AtomicFile, write_atomic};
 pub use config::{BertConfig, HiddenAct};
+pub use fused::{AutodiffEncoderBackend, EncoderBackend};
 pub use model::{
     BertAttention, BertEmbeddings, BertEncoder, BertInput, BertIntermediate, BertLayer, BertModel,
     BertOutput, BertPooler, BertSelfAttention, BertSelfOutput,

@@ -17,6 +17,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, FloatDType, Int, Tensor};
 
 use crate::config::{BertConfig, HiddenAct};
+use crate::fused::EncoderBackend;
 
 /// One batch of token ids, ready for the model. Rows are padded to the batch's longest input.
 #[derive(Debug, Clone)]
@@ -92,6 +93,11 @@ pub struct BertSelfAttention<B: Backend> {
 }
 
 impl<B: Backend> BertSelfAttention<B> {
+    /// Number of attention heads.
+    pub fn num_heads(&self) -> usize {
+        self.num_heads
+    }
+
     /// `x`: `[batch, seq, hidden]`; `key_padding`: `[batch, seq]`, true where a key is padding.
     pub fn forward(&self, x: Tensor<B, 3>, key_padding: Tensor<B, 2, Bool>) -> Tensor<B, 3> {
         let [batch, seq, hidden] = x.dims();
@@ -131,9 +137,17 @@ pub struct BertSelfOutput<B: Backend> {
     pub dense: Linear<B>,
     pub layer_norm: LayerNorm<B>,
     pub dropout: Dropout,
+    /// `layer_norm`'s epsilon, which burn's `LayerNorm` keeps private (fused kernels need it).
+    #[module(skip)]
+    layer_norm_eps: f64,
 }
 
 impl<B: Backend> BertSelfOutput<B> {
+    /// The LayerNorm's epsilon.
+    pub fn layer_norm_eps(&self) -> f64 {
+        self.layer_norm_eps
+    }
+
     pub fn forward(&self, hidden: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
         let projected = self.dropout.forward(dense(&self.dense, hidden));
         self.layer_norm.forward(projected + residual)
@@ -155,6 +169,11 @@ pub struct BertIntermediate<B: Backend> {
 }
 
 impl<B: Backend> BertIntermediate<B> {
+    /// The activation after the expansion.
+    pub fn act(&self) -> HiddenAct {
+        self.act
+    }
+
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let x = dense(&self.dense, x);
         match self.act {
@@ -174,12 +193,14 @@ pub struct BertLayer<B: Backend> {
     pub output: BertSelfOutput<B>,
 }
 
-impl<B: Backend> BertLayer<B> {
+impl<B: EncoderBackend> BertLayer<B> {
+    /// Runs through the backend's fused operations ([`EncoderBackend`]); their defaults are the
+    /// sub-modules' own `forward`, which training (autodiff) uses.
     pub fn forward(&self, x: Tensor<B, 3>, key_padding: Tensor<B, 2, Bool>) -> Tensor<B, 3> {
-        let attended = self.attention.self_attn.forward(x.clone(), key_padding);
-        let x = self.attention.output.forward(attended, x);
-        let expanded = self.intermediate.forward(x.clone());
-        self.output.forward(expanded, x)
+        let attended = B::self_attention(&self.attention.self_attn, x.clone(), key_padding);
+        let x = B::self_output(&self.attention.output, attended, x);
+        let expanded = B::intermediate(&self.intermediate, x.clone());
+        B::self_output(&self.output, expanded, x)
     }
 }
 
@@ -244,6 +265,7 @@ impl BertConfig {
                         dense: linear(h, h),
                         layer_norm: layer_norm(),
                         dropout: hidden_dropout(),
+                        layer_norm_eps: self.layer_norm_eps,
                     },
                 },
                 intermediate: BertIntermediate {
@@ -254,6 +276,7 @@ impl BertConfig {
                     dense: linear(self.intermediate_size, h),
                     layer_norm: layer_norm(),
                     dropout: hidden_dropout(),
+                    layer_norm_eps: self.layer_norm_eps,
                 },
             })
             .collect();
@@ -278,12 +301,29 @@ impl<B: Backend> ModuleMapper<B> for CastFloats {
 }
 
 impl<B: Backend> BertModel<B> {
+    /// Number of encoder layers.
+    pub fn num_layers(&self) -> usize {
+        self.encoder.layer.len()
+    }
+
+    /// Width of the token embeddings.
+    pub fn hidden_size(&self) -> usize {
+        self.embeddings.word_embeddings.weight.dims()[1]
+    }
+
+    /// Largest sequence the position table covers.
+    pub fn max_positions(&self) -> usize {
+        self.embeddings.position_embeddings.weight.dims()[0]
+    }
+
     /// The same model with its weights, and so its activations, in `dtype` (e.g. bf16 for
     /// reduced-precision inference). Outputs come back in that dtype.
     pub fn with_float_dtype(self, dtype: FloatDType) -> Self {
         self.map(&mut CastFloats(dtype))
     }
+}
 
+impl<B: EncoderBackend> BertModel<B> {
     /// The last hidden state, `[batch, seq, hidden]`.
     pub fn forward(&self, input: BertInput<B>) -> Tensor<B, 3> {
         self.run(input, false).last_hidden_state
@@ -310,20 +350,5 @@ impl<B: Backend> BertModel<B> {
             last_hidden_state: x,
             hidden_states: all,
         }
-    }
-
-    /// Number of encoder layers.
-    pub fn num_layers(&self) -> usize {
-        self.encoder.layer.len()
-    }
-
-    /// Width of the token embeddings.
-    pub fn hidden_size(&self) -> usize {
-        self.embeddings.word_embeddings.weight.dims()[1]
-    }
-
-    /// Largest sequence the position table covers.
-    pub fn max_positions(&self) -> usize {
-        self.embeddings.position_embeddings.weight.dims()[0]
     }
 }

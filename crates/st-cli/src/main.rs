@@ -17,6 +17,7 @@ use burn::module::Module;
 use burn::tensor::backend::Backend;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use st_backbone::EncoderBackend;
 use st_pooling::{EncodeOptions, EncodeOutput, PoolingMode, SentenceEncoder};
 
 use crate::backend::BackendKind;
@@ -288,7 +289,7 @@ impl Precision {
 }
 
 /// Runs one command on backend `B` (training on `Autodiff<B>`).
-fn run_on<B: Backend>(command: Command, device: &B::Device) -> Result<()> {
+fn run_on<B: EncoderBackend>(command: Command, device: &B::Device) -> Result<()> {
     match command {
         Command::Train(args) => tasks::train::<burn_autodiff::Autodiff<B>>(*args, device),
         other => run_inference::<B>(other, device),
@@ -296,7 +297,7 @@ fn run_on<B: Backend>(command: Command, device: &B::Device) -> Result<()> {
 }
 
 /// Every command but training, on backend `B`.
-fn run_inference<B: Backend>(command: Command, device: &B::Device) -> Result<()> {
+fn run_inference<B: EncoderBackend>(command: Command, device: &B::Device) -> Result<()> {
     match command {
         Command::Encode(args) => encode::<B>(args, device),
         Command::Similarity { model, texts } => similarity::<B>(&model, &texts, device),
@@ -358,7 +359,7 @@ fn info_backends(json: bool) -> Result<()> {
 }
 
 /// Resolves, loads and configures the model as the flags say.
-fn load<B: Backend>(args: &ModelArgs, device: &B::Device) -> Result<SentenceEncoder<B>> {
+fn load<B: EncoderBackend>(args: &ModelArgs, device: &B::Device) -> Result<SentenceEncoder<B>> {
     let dir = st_hub::resolve(&args.model, &mut |m| eprintln!("{m}"))?;
     let mut encoder = SentenceEncoder::<B>::from_dir(&dir, device)
         .with_context(|| format!("loading model from {}", dir.display()))?;
@@ -422,7 +423,7 @@ impl Truncations {
 
 /// Encodes `texts` (advancing `bar`) and refuses non-finite embeddings, which a broken
 /// checkpoint or config produces: printing them would hand the user `null`s or NaNs as results.
-fn embed_window<B: Backend>(
+fn embed_window<B: EncoderBackend>(
     encoder: &SentenceEncoder<B>,
     texts: &[&str],
     batch_size: usize,
@@ -452,7 +453,7 @@ fn embed_window<B: Backend>(
 }
 
 /// Encodes every text at once, with a progress bar for long inputs and one truncation warning.
-fn embed<B: Backend>(
+fn embed<B: EncoderBackend>(
     encoder: &SentenceEncoder<B>,
     texts: &[&str],
     batch_size: usize,
@@ -531,7 +532,7 @@ struct EncodeTotals {
     flops: f64,
 }
 
-fn encode<B: Backend>(args: EncodeArgs, device: &B::Device) -> Result<()> {
+fn encode<B: EncoderBackend>(args: EncodeArgs, device: &B::Device) -> Result<()> {
     let mut source = encode_source(&args)?;
     let started = std::time::Instant::now();
     let encoder = load::<B>(&args.model, device)?;
@@ -636,7 +637,11 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
     dot / (na * nb).max(1e-12)
 }
 
-fn similarity<B: Backend>(args: &ModelArgs, texts: &[String], device: &B::Device) -> Result<()> {
+fn similarity<B: EncoderBackend>(
+    args: &ModelArgs,
+    texts: &[String],
+    device: &B::Device,
+) -> Result<()> {
     let encoder = load::<B>(args, device)?;
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let emb = embed(&encoder, &refs, args.batch_size, |i| {
@@ -678,7 +683,7 @@ fn similarity<B: Backend>(args: &ModelArgs, texts: &[String], device: &B::Device
     Ok(())
 }
 
-fn eval_sts<B: Backend>(
+fn eval_sts<B: EncoderBackend>(
     args: &ModelArgs,
     data: &Path,
     json: bool,
@@ -787,7 +792,7 @@ fn matmul_peak<B: Backend>(
     Ok(())
 }
 
-fn info<B: Backend>(args: &ModelArgs, json: bool, device: &B::Device) -> Result<()> {
+fn info<B: EncoderBackend>(args: &ModelArgs, json: bool, device: &B::Device) -> Result<()> {
     let encoder = load::<B>(args, device)?;
     let c = &encoder.bert_config;
     let params = encoder.num_params();

@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::backend::{AutodiffBackend, Backend};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use st_backbone::{AutodiffEncoderBackend, EncoderBackend};
 use st_train::{
     DataSpec, Decay, Event, Freeze, FreezePlan, LayerwiseLrDecay, Sampling, TrainConfig, Weighting,
 };
@@ -176,7 +176,7 @@ fn table(metrics: &BTreeMap<String, BTreeMap<String, f64>>) -> String {
     out
 }
 
-pub fn train<B: AutodiffBackend>(args: TrainArgs, device: &B::Device) -> Result<()> {
+pub fn train<B: AutodiffEncoderBackend>(args: TrainArgs, device: &B::Device) -> Result<()> {
     if args.print_config {
         print!("{EXAMPLE_CONFIG}");
         return Ok(());
@@ -243,7 +243,7 @@ pub fn train<B: AutodiffBackend>(args: TrainArgs, device: &B::Device) -> Result<
 }
 
 /// Resolves and loads a model trained by `st train` (encoder + heads).
-fn load_trained<B: Backend>(
+fn load_trained<B: EncoderBackend>(
     model: &str,
     device: &B::Device,
 ) -> Result<st_heads::MultiTaskModel<B>> {
@@ -256,7 +256,7 @@ fn load_trained<B: Backend>(
     })
 }
 
-pub fn eval<B: Backend>(
+pub fn eval<B: EncoderBackend>(
     model: &str,
     data: &[PathBuf],
     json: bool,
@@ -281,7 +281,7 @@ pub fn eval<B: Backend>(
     Ok(())
 }
 
-pub fn predict<B: Backend>(
+pub fn predict<B: EncoderBackend>(
     model: &str,
     texts: Vec<String>,
     input: Option<PathBuf>,

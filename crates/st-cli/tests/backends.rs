@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use burn::module::Module;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn_autodiff::Autodiff;
 use burn_flex::Flex;
 use burn_store::ModuleSnapshot;
-use st_backbone::{BertConfig, BertTokenizer, TokenBatch};
+use st_backbone::{AutodiffEncoderBackend, BertConfig, BertTokenizer, EncoderBackend, TokenBatch};
 use st_heads::MultiTaskModel;
 use st_pooling::{Pooling, PoolingMode, SentenceEncoder};
 use st_train::{
@@ -117,7 +117,7 @@ fn assert_rows_match(what: &str, got: &[Vec<f32>], want: &[f32]) {
     }
 }
 
-fn embeddings_match_python<B: Backend>(device: &B::Device) {
+fn embeddings_match_python<B: EncoderBackend>(device: &B::Device) {
     let reference = Reference::get();
     let encoder = SentenceEncoder::<B>::from_dir(model_dir(), device).unwrap();
     let texts: Vec<&str> = reference.sentences.iter().map(String::as_str).collect();
@@ -147,7 +147,7 @@ fn embeddings_match_python<B: Backend>(device: &B::Device) {
 
 /// Reduced precision (bf16 weights and activations in the BERT): final embeddings stay within
 /// cosine 0.999 of Python's fp32 ones, and really are computed differently from fp32.
-fn bf16_embeddings_stay_close<B: Backend>(device: &B::Device) {
+fn bf16_embeddings_stay_close<B: EncoderBackend>(device: &B::Device) {
     let reference = Reference::get();
     let full = SentenceEncoder::<B>::from_dir(model_dir(), device).unwrap();
     let half = full.clone().with_bert_dtype(burn::tensor::FloatDType::BF16);
@@ -259,7 +259,7 @@ fn config(model: &Path, out: &Path, steps: usize) -> TrainConfig {
 
 /// Runs `steps` training steps on `B`; returns the summed task loss of each step and the
 /// trained parameters.
-fn run<B: AutodiffBackend>(
+fn run<B: AutodiffEncoderBackend>(
     model: &Path,
     out: &Path,
     steps: usize,
@@ -311,7 +311,7 @@ fn median_step(
 /// Burn's CPU random generator is process-wide: training runs hold this lock.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn training_steps<B: AutodiffBackend>(device: &B::Device) {
+fn training_steps<B: AutodiffEncoderBackend>(device: &B::Device) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model");

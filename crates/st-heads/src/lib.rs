@@ -29,7 +29,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor};
 use burn_store::{ModuleSnapshot, SafetensorsStore};
 use serde::{Deserialize, Serialize};
-use st_backbone::BertInput;
+use st_backbone::{BertInput, EncoderBackend};
 use st_pooling::SentenceEncoder;
 
 /// Target value meaning "no label here": padding, non-first sub-words, records without a label.
@@ -168,7 +168,7 @@ pub struct MultiTaskModel<B: Backend> {
     pub heads: Vec<TaskHead<B>>,
 }
 
-impl<B: Backend> MultiTaskModel<B> {
+impl<B: EncoderBackend> MultiTaskModel<B> {
     /// Adds fresh heads to an encoder. Head names must be unique and each head needs two labels
     /// or more.
     pub fn new(
@@ -285,7 +285,7 @@ impl<B: Backend> MultiTaskModel<B> {
     }
 }
 
-impl<B: Backend> MultiTaskModel<B> {
+impl<B: EncoderBackend> MultiTaskModel<B> {
     /// Transfer learning: replaces each head that has a trained counterpart in `dir` (a folder
     /// saved by [`save_heads`](Self::save_heads)) with those trained weights. A counterpart has
     /// the same name, kind, labels (in order) and hidden width; dropout stays this model's.

@@ -8,9 +8,25 @@
 //! reports ([`Level::detected`]). `ST_KERNELS=scalar|avx2|avx-vnni|avx512|avx512-vnni` caps
 //! the level, so tests (and users chasing a suspected kernel bug) can force each path in turn.
 //! Stable Rust only: `std::arch` intrinsics behind `#[target_feature]`, no C, no nightly.
+//!
+//! fp32 kernels (each with an `_at(level, ..)` twin that forces a level):
+//! - [`attention`]: multi-head self-attention read from and written to token-major rows.
+//! - [`add_bias`]: bias add in place.
+//! - [`bias_gelu`]: bias + exact GELU in place.
+//! - [`bias_residual_layer_norm`]: bias + residual + LayerNorm in place.
 
+mod attention;
+mod bias;
 mod dispatch;
+mod gelu;
 mod int8;
+mod layer_norm;
+mod math;
+mod multiversion;
 
+pub use attention::{AttentionShape, Qkv, attention, attention_at};
+pub use bias::{add_bias, add_bias_at};
 pub use dispatch::Level;
+pub use gelu::{bias_gelu, bias_gelu_at};
 pub use int8::{QuantizedMatrix, linear_int8, linear_int8_at};
+pub use layer_norm::{LayerNormParams, bias_residual_layer_norm, bias_residual_layer_norm_at};

@@ -6,7 +6,9 @@ use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 use serde::Deserialize;
-use st_backbone::{BertConfig, BertInput, BertModel, BertTokenizer, Encoded, TokenBatch};
+use st_backbone::{
+    BertConfig, BertInput, BertModel, BertTokenizer, Encoded, EncoderBackend, TokenBatch,
+};
 
 use crate::modules::{Dense, ModuleSpec, l2_normalize, read_modules};
 use crate::{Pooling, PoolingError, PoolingMode};
@@ -73,7 +75,7 @@ pub struct SentenceEncoder<B: Backend> {
     pub source_dir: Option<std::path::PathBuf>,
 }
 
-impl<B: Backend> SentenceEncoder<B> {
+impl<B: EncoderBackend> SentenceEncoder<B> {
     /// Loads a model folder. With a `modules.json` (a sentence-transformers folder), its pipeline
     /// is followed exactly; without one (a plain Hugging Face model) the BERT is followed by mean
     /// pooling, as sentence-transformers does.
@@ -355,7 +357,7 @@ const TOKENIZER_FILES: &[&str] = &[
     "special_tokens_map.json",
 ];
 
-impl<B: Backend> SentenceEncoder<B> {
+impl<B: EncoderBackend> SentenceEncoder<B> {
     /// Saves a sentence-transformers folder that Python `SentenceTransformer(dir)` and
     /// [`SentenceEncoder::from_dir`] both load: `config.json`, `model.safetensors` (Hugging Face
     /// key names), tokenizer files, `sentence_bert_config.json`, `modules.json`,

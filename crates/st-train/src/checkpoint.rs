@@ -15,8 +15,8 @@
 use std::path::{Path, PathBuf};
 
 use burn::optim::Optimizer;
-use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn_store::ModuleSnapshot;
+use st_backbone::{AutodiffEncoderBackend, EncoderBackend};
 use st_heads::MultiTaskModel;
 
 use crate::TrainError;
@@ -311,7 +311,7 @@ impl RunLog {
 }
 
 /// One checkpoint: the model (when it improved) and the resume state, committed as one swap.
-pub(crate) struct Checkpoint<'a, B: AutodiffBackend, O1, O2, O3> {
+pub(crate) struct Checkpoint<'a, B: AutodiffEncoderBackend, O1, O2, O3> {
     pub model: &'a MultiTaskModel<B>,
     pub opts: &'a Optimizers<O1, O2, O3>,
     pub uncertainty: Option<&'a UncertaintyWeights<B>>,
@@ -321,7 +321,7 @@ pub(crate) struct Checkpoint<'a, B: AutodiffBackend, O1, O2, O3> {
 
 impl<B, O1, O2, O3> Checkpoint<'_, B, O1, O2, O3>
 where
-    B: AutodiffBackend,
+    B: AutodiffEncoderBackend,
     O1: Optimizer<MultiTaskModel<B>, B>,
     O2: Optimizer<MultiTaskModel<B>, B>,
     O3: Optimizer<UncertaintyWeights<B>, B>,
@@ -359,7 +359,7 @@ where
 }
 
 /// The path of the first parameter holding a NaN or an infinity.
-pub(crate) fn first_non_finite<B: Backend>(model: &MultiTaskModel<B>) -> Option<String> {
+pub(crate) fn first_non_finite<B: EncoderBackend>(model: &MultiTaskModel<B>) -> Option<String> {
     model
         .collect(None, None, false)
         .into_iter()
@@ -374,7 +374,7 @@ pub(crate) fn first_non_finite<B: Backend>(model: &MultiTaskModel<B>) -> Option<
 
 /// Writes the model into `dir`: a sentence-transformers folder plus `heads.json`,
 /// `heads.safetensors` and `train_config.json`.
-pub fn save_model<B: Backend>(
+pub fn save_model<B: EncoderBackend>(
     model: &MultiTaskModel<B>,
     config: &TrainConfig,
     dir: &Path,

@@ -3,9 +3,8 @@
 use std::collections::BTreeMap;
 
 use burn::tensor::activation::softmax;
-use burn::tensor::backend::Backend;
 use serde::Serialize;
-use st_backbone::{Encoded, TokenBatch};
+use st_backbone::{Encoded, EncoderBackend, TokenBatch};
 use st_heads::{HeadKind, HeadOutput, MultiTaskModel};
 
 use crate::TrainError;
@@ -25,7 +24,7 @@ pub enum TaskPrediction {
 
 /// Runs every head on `texts` (batched, in input order). Token tasks tag whitespace-separated
 /// words, reading each word's first sub-word; words past `max_seq_length` are tagged `O`.
-pub fn predict<B: Backend>(
+pub fn predict<B: EncoderBackend>(
     model: &MultiTaskModel<B>,
     texts: &[&str],
     batch_size: usize,

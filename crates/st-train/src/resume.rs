@@ -7,8 +7,8 @@ use std::path::Path;
 use burn::module::Module;
 use burn::optim::Optimizer;
 use burn::record::Recorder as _;
-use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
+use st_backbone::AutodiffEncoderBackend;
 use st_heads::MultiTaskModel;
 
 use crate::TrainError;
@@ -60,7 +60,7 @@ pub(crate) fn write<B, O1, O2, O3>(
     state: &ResumeState,
 ) -> Result<(), TrainError>
 where
-    B: AutodiffBackend,
+    B: AutodiffEncoderBackend,
     O1: Optimizer<MultiTaskModel<B>, B>,
     O2: Optimizer<MultiTaskModel<B>, B>,
     O3: Optimizer<UncertaintyWeights<B>, B>,
@@ -115,7 +115,7 @@ pub(crate) fn load<B, O1, O2, O3>(
     uncertainty: Option<UncertaintyWeights<B>>,
 ) -> Result<Restored<B, O1, O2, O3>, TrainError>
 where
-    B: AutodiffBackend,
+    B: AutodiffEncoderBackend,
     O1: Optimizer<MultiTaskModel<B>, B>,
     O2: Optimizer<MultiTaskModel<B>, B>,
     O3: Optimizer<UncertaintyWeights<B>, B>,

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use burn::module::{AutodiffModule, Module};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
-use st_backbone::{Encoded, TokenBatch};
+use st_backbone::{AutodiffEncoderBackend, Encoded, EncoderBackend, TokenBatch};
 use st_heads::{HeadKind, HeadOutput, HeadSpec, IGNORE, MultiTaskModel, masked_cross_entropy};
 use st_pooling::SentenceEncoder;
 
@@ -211,7 +211,7 @@ pub enum Target {
 }
 
 /// Tokenizes examples and maps labels to ids. Unknown labels are an error naming file:line.
-pub fn prepare<B: Backend>(
+pub fn prepare<B: EncoderBackend>(
     encoder: &SentenceEncoder<B>,
     specs: &[HeadSpec],
     examples: &[Example],
@@ -371,7 +371,7 @@ fn batch_input<B: Backend>(
 
 /// Evaluates every head on `rows`: accuracy and macro-F1 for sentence tasks, entity-level
 /// precision/recall/F1 for token tasks (per word, read at each word's first sub-word).
-pub fn evaluate<B: Backend>(
+pub fn evaluate<B: EncoderBackend>(
     model: &MultiTaskModel<B>,
     rows: &[Row],
     examples: &[Example],
@@ -571,7 +571,7 @@ impl Source {
 
 /// Trains as `config` says, starting from the encoder in `model_dir`. Writes the best model
 /// (sentence-transformers folder + heads) and `metrics.jsonl` into `config.output`.
-pub fn train<B: AutodiffBackend>(
+pub fn train<B: AutodiffEncoderBackend>(
     config: &TrainConfig,
     model_dir: &Path,
     device: &B::Device,
@@ -955,7 +955,7 @@ fn add_grad<B: Backend>(to: &mut GradientsParams, from: &GradientsParams, p: &Pa
 }
 
 /// Loads a model saved by [`train`]: encoder and heads.
-pub fn load_trained<B: Backend>(
+pub fn load_trained<B: EncoderBackend>(
     dir: &Path,
     device: &B::Device,
 ) -> Result<MultiTaskModel<B>, TrainError> {
@@ -990,7 +990,7 @@ fn load_labelled(data: &[DataSpec], tasks: &[String]) -> Result<Vec<Example>, Tr
 
 /// Evaluates a trained model on labelled data (every task in the data must be one of the
 /// model's heads): the metrics `st eval` prints.
-pub fn evaluate_on<B: Backend>(
+pub fn evaluate_on<B: EncoderBackend>(
     model: &MultiTaskModel<B>,
     data: &[DataSpec],
     batch_size: usize,

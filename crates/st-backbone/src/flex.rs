@@ -1,0 +1,162 @@
+//! burn-flex's [`EncoderBackend`]: the encoder's hot path on st-kernels' fused CPU kernels.
+//!
+//! Each override runs only on f32 tensors (bf16/f16 models fall back to the composed code) and
+//! keeps burn-flex's gemm for the matmuls; the work around them (bias, GELU, residual,
+//! LayerNorm, attention) happens in place on the matmul's fresh output.
+
+use burn::tensor::{Bool, DType, Tensor, TensorData, TensorPrimitive};
+use burn_flex::{Flex, FlexTensor};
+use st_kernels::{AttentionShape, LayerNormParams, Qkv};
+
+use crate::config::HiddenAct;
+use crate::fused::EncoderBackend;
+use crate::model::{BertIntermediate, BertSelfAttention, BertSelfOutput};
+
+impl EncoderBackend for Flex {
+    fn self_attention(
+        attn: &BertSelfAttention<Flex>,
+        x: Tensor<Flex, 3>,
+        key_padding: Tensor<Flex, 2, Bool>,
+    ) -> Tensor<Flex, 3> {
+        let projections = [&attn.query, &attn.key, &attn.value];
+        let with_bias = projections.iter().filter(|l| l.bias.is_some()).count();
+        if x.dtype() != DType::F32 || (with_bias != 0 && with_bias != 3) {
+            return attn.forward(x, key_padding);
+        }
+        let [batch, seq, hidden] = x.dims();
+        // One [tokens, hidden] × [hidden, 3·hidden] product instead of three.
+        let weight = Tensor::cat(
+            vec![
+                attn.query.weight.val(),
+                attn.key.weight.val(),
+                attn.value.weight.val(),
+            ],
+            1,
+        );
+        let mut qkv = x
+            .reshape([batch * seq, hidden])
+            .matmul(weight)
+            .into_primitive()
+            .tensor();
+        if with_bias == 3 {
+            let biases = projections.map(|l| l.bias.as_ref().expect("counted above").val());
+            let bias = f32_values(Tensor::cat(biases.to_vec(), 0));
+            st_kernels::add_bias(f32_mut(&mut qkv), f32_slice(&bias));
+        }
+        let key_bias: Vec<f32> = key_padding
+            .into_data()
+            .iter::<bool>()
+            .map(|pad| if pad { f32::NEG_INFINITY } else { 0.0 })
+            .collect();
+        let shape = AttentionShape {
+            batch,
+            seq,
+            num_heads: attn.num_heads(),
+            head_dim: hidden / attn.num_heads(),
+        };
+        let qkv = f32_slice(&qkv);
+        let parts = Qkv {
+            q: qkv,
+            k: &qkv[hidden..],
+            v: &qkv[2 * hidden..],
+            row_stride: 3 * hidden,
+        };
+        let mut context = vec![0.0f32; batch * seq * hidden];
+        st_kernels::attention(parts, &key_bias, shape, &mut context);
+        from_vec(context, [batch, seq, hidden])
+    }
+
+    fn self_output(
+        output: &BertSelfOutput<Flex>,
+        hidden: Tensor<Flex, 3>,
+        residual: Tensor<Flex, 3>,
+    ) -> Tensor<Flex, 3> {
+        if hidden.dtype() != DType::F32 || residual.dtype() != DType::F32 {
+            return output.forward(hidden, residual);
+        }
+        let dims = residual.dims();
+        let mut y = project(&output.dense, hidden);
+        let residual = f32_values(residual);
+        let gamma = f32_values(output.layer_norm.gamma.val());
+        let width = dims[2];
+        let beta = match &output.layer_norm.beta {
+            Some(beta) => f32_values(beta.val()),
+            None => FlexTensor::from_data(TensorData::new(vec![0.0f32; width], [width])),
+        };
+        let bias = output.dense.bias.as_ref().map(|b| f32_values(b.val()));
+        st_kernels::bias_residual_layer_norm(
+            f32_mut(&mut y),
+            bias.as_ref().map(f32_slice),
+            f32_slice(&residual),
+            LayerNormParams {
+                gamma: f32_slice(&gamma),
+                beta: f32_slice(&beta),
+                eps: output.layer_norm_eps() as f32,
+            },
+        );
+        from_flex(y, dims)
+    }
+
+    fn intermediate(intermediate: &BertIntermediate<Flex>, x: Tensor<Flex, 3>) -> Tensor<Flex, 3> {
+        if x.dtype() != DType::F32 || intermediate.act() != HiddenAct::Gelu {
+            return intermediate.forward(x);
+        }
+        let [batch, seq, _] = x.dims();
+        let dense = &intermediate.dense;
+        let d_out = dense.weight.dims()[1];
+        let mut y = project(dense, x);
+        let bias = match &dense.bias {
+            Some(b) => f32_values(b.val()),
+            None => FlexTensor::from_data(TensorData::new(vec![0.0f32; d_out], [d_out])),
+        };
+        st_kernels::bias_gelu(f32_mut(&mut y), f32_slice(&bias));
+        from_flex(y, [batch, seq, d_out])
+    }
+}
+
+/// `x · W` over all tokens (`[batch·seq, d_out]`), bias not yet added.
+fn project(linear: &burn::nn::Linear<Flex>, x: Tensor<Flex, 3>) -> FlexTensor {
+    let [batch, seq, d_in] = x.dims();
+    x.reshape([batch * seq, d_in])
+        .matmul(linear.weight.val())
+        .into_primitive()
+        .tensor()
+}
+
+/// The tensor as a contiguous f32 buffer of exactly its elements, starting at 0.
+fn f32_values<const D: usize>(t: Tensor<Flex, D>) -> FlexTensor {
+    exact(t.into_primitive().tensor())
+}
+
+fn exact(t: FlexTensor) -> FlexTensor {
+    let t = t.to_contiguous();
+    let n = t.layout().num_elements();
+    if t.layout().contiguous_offsets() == Some((0, n)) && t.bytes().len() == n * 4 {
+        t
+    } else {
+        FlexTensor::from_data(t.into_data())
+    }
+}
+
+fn f32_slice(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("an f32 tensor")
+}
+
+/// Mutable view of a tensor's elements, copying first if its storage is shared or strided.
+fn f32_mut(t: &mut FlexTensor) -> &mut [f32] {
+    *t = exact(std::mem::replace(
+        t,
+        FlexTensor::empty([0].into(), DType::F32),
+    ));
+    t.storage_mut::<f32>()
+}
+
+fn from_flex<const D: usize>(t: FlexTensor, dims: [usize; D]) -> Tensor<Flex, D> {
+    Tensor::<Flex, 2>::from_primitive(TensorPrimitive::Float(t)).reshape(dims)
+}
+
+fn from_vec<const D: usize>(values: Vec<f32>, dims: [usize; D]) -> Tensor<Flex, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(FlexTensor::from_data(
+        TensorData::new(values, dims),
+    )))
+}

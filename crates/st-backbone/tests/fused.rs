@@ -1,0 +1,139 @@
+//! burn-flex's fused encoder operations ([`EncoderBackend`]) against the composed tensor code
+//! they replace (the modules' own `forward`), on a random model with awkward sizes (hidden 36,
+//! head 12, feed-forward 50: none a multiple of 16) and awkward batches (sequence 1, 2 and 257;
+//! one long row among many short ones), at every kernel level this CPU has.
+
+use burn::tensor::{Bool, Distribution, Int, Tensor};
+use burn_flex::{Flex, FlexDevice};
+use st_backbone::{BertConfig, BertInput, BertModel, EncoderBackend};
+
+type B = Flex;
+
+fn model() -> BertModel<B> {
+    let config = BertConfig {
+        hidden_size: 36,
+        num_attention_heads: 3,
+        intermediate_size: 50,
+        num_hidden_layers: 2,
+        max_position_embeddings: 300,
+        ..BertConfig::tiny(97)
+    };
+    config.init::<B>(false, &FlexDevice)
+}
+
+/// A batch padded to its longest row; `lengths` real tokens per row.
+fn batch(lengths: &[usize], seed: u64) -> BertInput<B> {
+    let seq = *lengths.iter().max().unwrap();
+    let (mut ids, mut mask) = (Vec::new(), Vec::new());
+    let mut s = seed;
+    for &len in lengths {
+        for t in 0..seq {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ids.push(if t < len {
+                1 + (s >> 33) as i32 % 96
+            } else {
+                0
+            });
+            mask.push(i32::from(t < len));
+        }
+    }
+    let shape = [lengths.len(), seq];
+    let tensor =
+        |v: Vec<i32>| Tensor::<B, 1, Int>::from_ints(v.as_slice(), &FlexDevice).reshape(shape);
+    BertInput {
+        input_ids: tensor(ids),
+        attention_mask: tensor(mask),
+        token_type_ids: Tensor::zeros(shape, &FlexDevice),
+    }
+}
+
+const BATCHES: &[&[usize]] = &[&[1], &[2], &[257], &[40, 1, 3, 2, 5, 1, 7, 4], &[2, 1]];
+
+fn max_diff<const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f32 {
+    (a - b).abs().max().into_scalar()
+}
+
+/// Every fused op and the whole model, at whatever level `ST_KERNELS` gives this process.
+#[test]
+fn fused_ops_match_composed_code() {
+    let model = model();
+    for (i, lengths) in BATCHES.iter().enumerate() {
+        let input = batch(lengths, i as u64 + 1);
+        let padding: Tensor<B, 2, Bool> = input.attention_mask.clone().equal_elem(0);
+        let [n, seq] = input.input_ids.dims();
+        let x = Tensor::<B, 3>::random([n, seq, 36], Distribution::Normal(0.0, 1.0), &FlexDevice);
+        let layer = &model.encoder.layer[0];
+        let attn = &layer.attention.self_attn;
+        let what = format!("batch {lengths:?} at {}", st_kernels::Level::active());
+
+        let fused = B::self_attention(attn, x.clone(), padding.clone());
+        let composed = attn.forward(x.clone(), padding.clone());
+        assert!(max_diff(fused, composed) < 1e-5, "self_attention, {what}");
+
+        let residual =
+            Tensor::<B, 3>::random([n, seq, 36], Distribution::Normal(0.0, 1.0), &FlexDevice);
+        let out = &layer.attention.output;
+        let diff = max_diff(
+            B::self_output(out, x.clone(), residual.clone()),
+            out.forward(x.clone(), residual),
+        );
+        assert!(diff < 1e-4, "self_output {diff}, {what}");
+
+        let inter = &layer.intermediate;
+        let diff = max_diff(B::intermediate(inter, x.clone()), inter.forward(x));
+        assert!(diff < 1e-5, "intermediate {diff}, {what}");
+
+        let fused = model.forward(input.clone());
+        let composed = composed_forward(&model, input);
+        let diff = max_diff(fused, composed);
+        assert!(diff < 1e-4, "whole model {diff}, {what}");
+    }
+}
+
+/// The model through the modules' own `forward`, as autodiff backends run it.
+fn composed_forward(model: &BertModel<B>, input: BertInput<B>) -> Tensor<B, 3> {
+    let padding = input.attention_mask.equal_elem(0);
+    let mut x = model
+        .embeddings
+        .forward(input.input_ids, input.token_type_ids);
+    for layer in &model.encoder.layer {
+        let attended = layer
+            .attention
+            .self_attn
+            .forward(x.clone(), padding.clone());
+        x = layer.attention.output.forward(attended, x);
+        let expanded = layer.intermediate.forward(x.clone());
+        x = layer.output.forward(expanded, x);
+    }
+    x
+}
+
+/// Reruns [`fused_ops_match_composed_code`] in a child process per kernel level the CPU has
+/// (`ST_KERNELS` is read once per process).
+#[test]
+fn fused_ops_match_composed_code_at_every_level() {
+    if std::env::var_os("ST_KERNELS").is_some() {
+        return; // already a child
+    }
+    let exe = std::env::current_exe().unwrap();
+    for level in st_kernels::Level::ALL.into_iter().filter(|l| l.supported()) {
+        let out = std::process::Command::new(&exe)
+            .args(["--exact", "fused_ops_match_composed_code", "--nocapture"])
+            .env("ST_KERNELS", level.name())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "at ST_KERNELS={level}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("1 passed"),
+            "the child ran no test at {level}: {stdout}"
+        );
+    }
+}

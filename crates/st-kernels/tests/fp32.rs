@@ -1,0 +1,247 @@
+//! Each fp32 kernel at every level this CPU supports, against a plain f64 reference, on
+//! awkward shapes: sequences of 1, 2 and 257, widths that are not a multiple of 16, and a batch
+//! with one long row among short ones.
+
+use st_kernels::{AttentionShape, LayerNormParams, Level, Qkv};
+
+/// SplitMix64 → uniform floats in [-scale, scale].
+fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            ((z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+fn levels() -> Vec<Level> {
+    let levels: Vec<_> = Level::ALL.into_iter().filter(|l| l.supported()).collect();
+    eprintln!("testing levels {levels:?}");
+    levels
+}
+
+fn assert_close(got: &[f32], want: &[f64], tol: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g as f64 - w).abs() <= tol * (1.0 + w.abs()),
+            "{what}: element {i}: {g} vs reference {w}"
+        );
+    }
+}
+
+fn erf_f64(x: f64) -> f64 {
+    // Abramowitz–Stegun 7.1.28 is too coarse; integrate the series instead (|x| small here).
+    if x.abs() > 5.0 {
+        return x.signum();
+    }
+    let (mut term, mut total, mut n) = (x, x, 0.0);
+    while term.abs() > 1e-18 * total.abs().max(1e-300) && n < 400.0 {
+        n += 1.0;
+        term *= -x * x / n;
+        total += term / (2.0 * n + 1.0);
+    }
+    total * 2.0 / std::f64::consts::PI.sqrt()
+}
+
+#[test]
+fn bias_gelu_matches_reference_at_every_level() {
+    for (rows, width) in [(1, 1), (3, 15), (7, 384), (65, 37), (300, 1536)] {
+        let x = random(rows * width, 1, 6.0);
+        let bias = random(width, 2, 1.0);
+        let want: Vec<f64> = x
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let v = v as f64 + bias[i % width] as f64;
+                0.5 * v * (1.0 + erf_f64(v / std::f64::consts::SQRT_2))
+            })
+            .collect();
+        for level in levels() {
+            let mut got = x.clone();
+            st_kernels::bias_gelu_at(level, &mut got, &bias);
+            // 2e-6: for x < −5, `1 + erf` cancels, so a few ulp of erf show (libm's too).
+            assert_close(
+                &got,
+                &want,
+                2e-6,
+                &format!("gelu {rows}x{width} at {level}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn bias_residual_layer_norm_matches_reference_at_every_level() {
+    for (rows, width) in [(1, 1), (2, 15), (5, 33), (257, 384)] {
+        let x = random(rows * width, 3, 4.0);
+        let residual = random(rows * width, 4, 4.0);
+        let bias = random(width, 5, 1.0);
+        let (gamma, beta) = (random(width, 6, 2.0), random(width, 7, 1.0));
+        let eps = 1e-12;
+        let mut want = Vec::new();
+        for r in 0..rows {
+            let row: Vec<f64> = (0..width)
+                .map(|c| {
+                    let i = r * width + c;
+                    x[i] as f64 + bias[c] as f64 + residual[i] as f64
+                })
+                .collect();
+            let mean = row.iter().sum::<f64>() / width as f64;
+            let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / width as f64;
+            for (c, v) in row.iter().enumerate() {
+                let norm = (v - mean) / (var + eps).sqrt();
+                want.push(norm * gamma[c] as f64 + beta[c] as f64);
+            }
+        }
+        let norm = LayerNormParams {
+            gamma: &gamma,
+            beta: &beta,
+            eps: eps as f32,
+        };
+        for level in levels() {
+            let mut got = x.clone();
+            st_kernels::bias_residual_layer_norm_at(level, &mut got, Some(&bias), &residual, norm);
+            // A constant row (width 1) normalizes to beta exactly; elsewhere f32 rounding.
+            assert_close(
+                &got,
+                &want,
+                2e-5,
+                &format!("layer norm {rows}x{width} at {level}"),
+            );
+        }
+    }
+}
+
+/// Plain attention in f64 over `[tokens, stride]` rows; `lens[b]` real keys per sequence.
+fn attention_reference(qkv: &[f32], stride: usize, lens: &[usize], s: AttentionShape) -> Vec<f64> {
+    let hidden = s.num_heads * s.head_dim;
+    let at = |t: usize, part: usize, h: usize, c: usize| {
+        qkv[t * stride + part * hidden + h * s.head_dim + c] as f64
+    };
+    let mut out = vec![0.0; s.batch * s.seq * hidden];
+    for (b, &len) in lens.iter().enumerate().take(s.batch) {
+        for h in 0..s.num_heads {
+            for i in 0..s.seq {
+                let qi = b * s.seq + i;
+                let scores: Vec<f64> = (0..len)
+                    .map(|j| {
+                        let kj = b * s.seq + j;
+                        (0..s.head_dim)
+                            .map(|c| at(qi, 0, h, c) * at(kj, 1, h, c))
+                            .sum::<f64>()
+                            / (s.head_dim as f64).sqrt()
+                    })
+                    .collect();
+                let top = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let weights: Vec<f64> = scores.iter().map(|x| (x - top).exp()).collect();
+                let total: f64 = weights.iter().sum();
+                for c in 0..s.head_dim {
+                    let v: f64 = (0..len)
+                        .map(|j| weights[j] * at(b * s.seq + j, 2, h, c))
+                        .sum();
+                    out[qi * hidden + h * s.head_dim + c] = v / total;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn attention_matches_reference_at_every_level() {
+    // (batch, seq, heads, head_dim, lengths): seq 1, 2, 257; head widths not a multiple of 16;
+    // one long row among short ones.
+    let cases: Vec<(usize, usize, usize, usize, Vec<usize>)> = vec![
+        (1, 1, 1, 4, vec![1]),
+        (2, 2, 3, 5, vec![2, 1]),
+        (1, 257, 2, 32, vec![257]),
+        (6, 40, 12, 32, vec![40, 3, 5, 1, 7, 2]),
+        (3, 17, 4, 12, vec![17, 17, 9]),
+    ];
+    for (batch, seq, num_heads, head_dim, lens) in cases {
+        let shape = AttentionShape {
+            batch,
+            seq,
+            num_heads,
+            head_dim,
+        };
+        let hidden = num_heads * head_dim;
+        let stride = 3 * hidden;
+        let qkv = random(batch * seq * stride, 8, 3.0);
+        let key_bias: Vec<f32> = (0..batch * seq)
+            .map(|t| {
+                if t % seq < lens[t / seq] {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+            .collect();
+        let want = attention_reference(&qkv, stride, &lens, shape);
+        for level in levels() {
+            let mut got = vec![f32::NAN; batch * seq * hidden];
+            let parts = Qkv {
+                q: &qkv,
+                k: &qkv[hidden..],
+                v: &qkv[2 * hidden..],
+                row_stride: stride,
+            };
+            st_kernels::attention_at(level, parts, &key_bias, shape, &mut got);
+            assert_close(
+                &got,
+                &want,
+                2e-5,
+                &format!("attention {shape:?} at {level}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn a_fully_masked_query_gets_zeros() {
+    let shape = AttentionShape {
+        batch: 1,
+        seq: 2,
+        num_heads: 1,
+        head_dim: 3,
+    };
+    let q = random(6, 9, 1.0);
+    let mut out = vec![f32::NAN; 6];
+    let parts = Qkv {
+        q: &q,
+        k: &q,
+        v: &q,
+        row_stride: 3,
+    };
+    st_kernels::attention(parts, &[f32::NEG_INFINITY; 2], shape, &mut out);
+    assert_eq!(out, vec![0.0; 6]);
+}
+
+#[test]
+fn add_bias_matches_reference_at_every_level() {
+    for (rows, width) in [(1, 1), (3, 17), (40, 1152)] {
+        let x = random(rows * width, 10, 2.0);
+        let bias = random(width, 11, 2.0);
+        let want: Vec<f64> = x
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| v as f64 + bias[i % width] as f64)
+            .collect();
+        for level in levels() {
+            let mut got = x.clone();
+            st_kernels::add_bias_at(level, &mut got, &bias);
+            assert_close(
+                &got,
+                &want,
+                1e-7,
+                &format!("add_bias {rows}x{width} at {level}"),
+            );
+        }
+    }
+}
