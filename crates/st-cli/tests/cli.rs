@@ -432,49 +432,25 @@ fn manifest_dir() -> std::path::PathBuf {
 #[test]
 fn outputs_that_are_not_regular_files_are_written_in_place() {
     use std::os::unix::fs::FileTypeExt;
+    let encode_to = |output: &str| st(&["encode", "--model", model(), "hi", "--output", output]);
+    let is_device = |path: &str| {
+        std::fs::metadata(path)
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    };
     // A full device: the write fails, st says so naming the path once, and the node stays.
-    let err = failed(&st(&[
-        "encode",
-        "--model",
-        model(),
-        "hi",
-        "--output",
-        "/dev/full",
-    ]));
+    let err = failed(&encode_to("/dev/full"));
     assert_eq!(err.matches("/dev/full").count(), 1, "{err}");
     assert!(!err.contains(".tmp-"), "{err}");
-    assert!(
-        std::fs::metadata("/dev/full")
-            .unwrap()
-            .file_type()
-            .is_char_device()
-    );
-    ok(&st(&[
-        "encode",
-        "--model",
-        model(),
-        "hi",
-        "--output",
-        "/dev/null",
-    ]));
-    assert!(
-        std::fs::metadata("/dev/null")
-            .unwrap()
-            .file_type()
-            .is_char_device()
-    );
+    assert!(is_device("/dev/full"));
+    ok(&encode_to("/dev/null"));
+    assert!(is_device("/dev/null"));
     // An output folder is refused without leaving a temporary beside it.
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("out");
     std::fs::create_dir(&target).unwrap();
-    let err = failed(&st(&[
-        "encode",
-        "--model",
-        model(),
-        "hi",
-        "--output",
-        target.to_str().unwrap(),
-    ]));
+    let err = failed(&encode_to(target.to_str().unwrap()));
     assert!(err.contains("is a folder"), "{err}");
     let names: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
