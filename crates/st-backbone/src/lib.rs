@@ -15,14 +15,14 @@
 //!
 //! The backend is a type parameter: `BertModel<Flex>` runs on the pure-Rust CPU backend,
 //! `BertModel<LibTorch>` or `BertModel<Wgpu>` on theirs, with no other change. Write code
-//! generic over `B: Backend` and pick the backend where you call it:
+//! generic over `B: EncoderBackend` (a Burn `Backend` that may fuse the encoder's operations;
+//! every backend st supports implements it) and pick the backend where you call it:
 //!
 //! ```
-//! use burn::tensor::backend::Backend;
-//! use st_backbone::{BertConfig, Encoded, TokenBatch};
+//! use st_backbone::{BertConfig, Encoded, EncoderBackend, TokenBatch};
 //!
 //! /// Hidden states of one tokenized sentence, on any backend.
-//! fn hidden_dims<B: Backend>(device: &B::Device) -> [usize; 3] {
+//! fn hidden_dims<B: EncoderBackend>(device: &B::Device) -> [usize; 3] {
 //!     let model = BertConfig::tiny(100).init::<B>(false, device);
 //!     let rows = [Encoded { ids: vec![2, 7, 9, 3], type_ids: vec![0; 4], truncated: false }];
 //!     let input = TokenBatch::pad(&rows.iter().collect::<Vec<_>>(), 0).to_input::<B>(device);
