@@ -283,13 +283,21 @@ fn with_backends(cmd: &mut Command, list: &str) -> Result<()> {
             "flex" => {}
             "tch" => {
                 // A LIBTORCH the user set wins; otherwise ours.
-                if std::env::var_os("LIBTORCH").is_none()
-                    && std::env::var_os("LIBTORCH_USE_PYTORCH").is_none()
-                {
-                    cmd.env(
-                        "LIBTORCH",
-                        backends::setup_libtorch(false, pyenv::pyenv_cuda)?,
-                    );
+                let libtorch = match std::env::var_os("LIBTORCH") {
+                    Some(dir) => Some(PathBuf::from(dir)),
+                    None if std::env::var_os("LIBTORCH_USE_PYTORCH").is_some() => None,
+                    None => Some(backends::setup_libtorch(false, pyenv::pyenv_cuda)?),
+                };
+                if let Some(dir) = libtorch {
+                    // Only the `st` binary records libtorch's folder (st-cli's build.rs); every
+                    // other crate's tests link it too (through st-backbone's `tch` feature) and
+                    // find it through the loader's path.
+                    let mut paths = vec![dir.join("lib")];
+                    if let Some(old) = std::env::var_os("LD_LIBRARY_PATH") {
+                        paths.extend(std::env::split_paths(&old));
+                    }
+                    cmd.env("LD_LIBRARY_PATH", std::env::join_paths(paths)?);
+                    cmd.env("LIBTORCH", dir);
                 }
                 features.push("st-cli/tch");
             }

@@ -1,8 +1,10 @@
 //! burn-flex's [`EncoderBackend`]: the encoder's hot path on st-kernels' fused CPU kernels.
 //!
-//! Each override runs only on f32 tensors (bf16/f16 models fall back to the composed code) and
-//! keeps burn-flex's gemm for the matmuls; the work around them (bias, GELU, residual,
-//! LayerNorm, attention) happens in place on the matmul's fresh output.
+//! Each override runs only on f32 tensors (bf16/f16 models fall back to the composed code).
+//! The projections run on burn-flex's gemm, or on st-kernels' int8 matmul when
+//! [`BertModel::with_int8_linears`](crate::BertModel::with_int8_linears) quantized them; the
+//! work around them (bias, GELU, residual, LayerNorm, attention) happens in place on the
+//! matmul's fresh output.
 
 use burn::tensor::{Bool, DType, Tensor, TensorData, TensorPrimitive};
 use burn_flex::{Flex, FlexTensor};
@@ -10,9 +12,12 @@ use st_kernels::{AttentionShape, LayerNormParams, Qkv};
 
 use crate::config::HiddenAct;
 use crate::fused::EncoderBackend;
-use crate::model::{BertIntermediate, BertSelfAttention, BertSelfOutput};
+use crate::model::{BertIntermediate, BertSelfAttention, BertSelfOutput, Int8Linear};
 
 impl EncoderBackend for Flex {
+    const INT8_LINEARS: bool = true;
+    const FAST_HALF_FLOATS: bool = false;
+
     fn self_attention(
         attn: &BertSelfAttention<Flex>,
         x: Tensor<Flex, 3>,
@@ -24,44 +29,33 @@ impl EncoderBackend for Flex {
             return attn.forward(x, key_padding);
         }
         let [batch, seq, hidden] = x.dims();
-        // One [tokens, hidden] × [hidden, 3·hidden] product instead of three.
-        let weight = Tensor::cat(
-            vec![
-                attn.query.weight.val(),
-                attn.key.weight.val(),
-                attn.value.weight.val(),
-            ],
-            1,
-        );
-        let mut qkv = x
-            .reshape([batch * seq, hidden])
-            .matmul(weight)
-            .into_primitive()
-            .tensor();
-        if with_bias == 3 {
-            let biases = projections.map(|l| l.bias.as_ref().expect("counted above").val());
-            let bias = f32_values(Tensor::cat(biases.to_vec(), 0));
-            st_kernels::add_bias(f32_mut(&mut qkv), f32_slice(&bias));
-        }
-        let key_bias: Vec<f32> = key_padding
-            .into_data()
-            .iter::<bool>()
-            .map(|pad| if pad { f32::NEG_INFINITY } else { 0.0 })
-            .collect();
         let shape = AttentionShape {
             batch,
             seq,
             num_heads: attn.num_heads(),
             head_dim: hidden / attn.num_heads(),
         };
-        let qkv = f32_slice(&qkv);
-        let parts = Qkv {
-            q: qkv,
-            k: &qkv[hidden..],
-            v: &qkv[2 * hidden..],
-            row_stride: 3 * hidden,
-        };
+        let key_bias: Vec<f32> = key_padding
+            .into_data()
+            .iter::<bool>()
+            .map(|pad| if pad { f32::NEG_INFINITY } else { 0.0 })
+            .collect();
         let mut context = vec![0.0f32; batch * seq * hidden];
+        // Three products on the weights as loaded: joining them into one would copy the
+        // weights on every call.
+        let [q, k, v] = projections.map(|linear| {
+            let mut y = project(linear, x.clone());
+            if let Some(bias) = &linear.bias {
+                st_kernels::add_bias(f32_mut(&mut y), f32_slice(&f32_values(bias.val())));
+            }
+            y
+        });
+        let parts = Qkv {
+            q: f32_slice(&q),
+            k: f32_slice(&k),
+            v: f32_slice(&v),
+            row_stride: hidden,
+        };
         st_kernels::attention(parts, &key_bias, shape, &mut context);
         from_vec(context, [batch, seq, hidden])
     }
@@ -75,15 +69,21 @@ impl EncoderBackend for Flex {
             return output.forward(hidden, residual);
         }
         let dims = residual.dims();
-        let mut y = project(&output.dense, hidden);
+        let width = dims[2];
+        // The int8 product adds its bias itself.
+        let (mut y, bias) = match output.int8_dense() {
+            Some(dense) => (linear_int8(dense, hidden), None),
+            None => (
+                project(&output.dense, hidden),
+                output.dense.bias.as_ref().map(|b| f32_values(b.val())),
+            ),
+        };
         let residual = f32_values(residual);
         let gamma = f32_values(output.layer_norm.gamma.val());
-        let width = dims[2];
         let beta = match &output.layer_norm.beta {
             Some(beta) => f32_values(beta.val()),
             None => FlexTensor::from_data(TensorData::new(vec![0.0f32; width], [width])),
         };
-        let bias = output.dense.bias.as_ref().map(|b| f32_values(b.val()));
         st_kernels::bias_residual_layer_norm(
             f32_mut(&mut y),
             bias.as_ref().map(f32_slice),
@@ -104,12 +104,23 @@ impl EncoderBackend for Flex {
         let [batch, seq, _] = x.dims();
         let dense = &intermediate.dense;
         let d_out = dense.weight.dims()[1];
-        let mut y = project(dense, x);
-        let bias = match &dense.bias {
-            Some(b) => f32_values(b.val()),
-            None => FlexTensor::from_data(TensorData::new(vec![0.0f32; d_out], [d_out])),
+        let y = match intermediate.int8_dense() {
+            Some(int8) => {
+                // The int8 product adds the bias itself.
+                let mut y = linear_int8(int8, x);
+                st_kernels::bias_gelu(f32_mut(&mut y), &vec![0.0; d_out]);
+                y
+            }
+            None => {
+                let mut y = project(dense, x);
+                let bias = match &dense.bias {
+                    Some(b) => f32_values(b.val()),
+                    None => FlexTensor::from_data(TensorData::new(vec![0.0f32; d_out], [d_out])),
+                };
+                st_kernels::bias_gelu(f32_mut(&mut y), f32_slice(&bias));
+                y
+            }
         };
-        st_kernels::bias_gelu(f32_mut(&mut y), f32_slice(&bias));
         from_flex(y, [batch, seq, d_out])
     }
 }
@@ -121,6 +132,23 @@ fn project(linear: &burn::nn::Linear<Flex>, x: Tensor<Flex, 3>) -> FlexTensor {
         .matmul(linear.weight.val())
         .into_primitive()
         .tensor()
+}
+
+/// `x · W + b` over all tokens (`[batch·seq, d_out]`) in int8 (st-kernels' VNNI/AVX2 matmul).
+fn linear_int8(linear: &Int8Linear, x: Tensor<Flex, 3>) -> FlexTensor {
+    let [batch, seq, d_in] = x.dims();
+    let tokens = batch * seq;
+    let x = f32_values(x.reshape([tokens, d_in]));
+    let d_out = linear.weight.d_out();
+    let mut out = vec![0.0f32; tokens * d_out];
+    st_kernels::linear_int8(
+        f32_slice(&x),
+        tokens,
+        &linear.weight,
+        linear.bias.as_deref(),
+        &mut out,
+    );
+    FlexTensor::from_data(TensorData::new(out, [tokens, d_out]))
 }
 
 /// The tensor as a contiguous f32 buffer of exactly its elements, starting at 0.
@@ -138,16 +166,17 @@ fn exact(t: FlexTensor) -> FlexTensor {
     }
 }
 
+fn empty() -> FlexTensor {
+    FlexTensor::empty([0].into(), DType::F32)
+}
+
 fn f32_slice(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>().expect("an f32 tensor")
 }
 
 /// Mutable view of a tensor's elements, copying first if its storage is shared or strided.
 fn f32_mut(t: &mut FlexTensor) -> &mut [f32] {
-    *t = exact(std::mem::replace(
-        t,
-        FlexTensor::empty([0].into(), DType::F32),
-    ));
+    *t = exact(std::mem::replace(t, empty()));
     t.storage_mut::<f32>()
 }
 

@@ -15,6 +15,16 @@ use crate::model::{BertIntermediate, BertSelfAttention, BertSelfOutput};
 /// Overrides must compute what the default computes at inference (dropout off); the model only
 /// calls them when autodiff is off, and trains through the modules' own `forward`.
 pub trait EncoderBackend: Backend {
+    /// Whether this backend's overrides run the int8 projections that
+    /// [`BertModel::with_int8_linears`](crate::BertModel::with_int8_linears) prepares (it
+    /// refuses backends without them rather than silently computing in float).
+    const INT8_LINEARS: bool = false;
+
+    /// Whether bf16 / f16 models run faster here than f32 ones. burn-flex has no half-float
+    /// kernels (it converts around its f32 ones, ~0.3× the f32 speed), so st refuses them on
+    /// flex rather than offer a "faster" mode that is slower.
+    const FAST_HALF_FLOATS: bool = true;
+
     /// Multi-head self-attention: `x` `[batch, seq, hidden]`, `key_padding` `[batch, seq]`
     /// (true on padded keys) → context `[batch, seq, hidden]`, before the output projection.
     fn self_attention(

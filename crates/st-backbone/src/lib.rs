@@ -64,7 +64,7 @@ pub use config::{BertConfig, HiddenAct};
 pub use fused::{AutodiffEncoderBackend, EncoderBackend};
 pub use model::{
     BertAttention, BertEmbeddings, BertEncoder, BertInput, BertIntermediate, BertLayer, BertModel,
-    BertOutput, BertPooler, BertSelfAttention, BertSelfOutput,
+    BertOutput, BertPooler, BertSelfAttention, BertSelfOutput, Int8Linear, Int8Unsupported,
 };
 pub use tokenizer::{BertTokenizer, Encoded, TokenBatch};
 pub use weights::{KEY_REMAPPING, find_weights, load_problems};

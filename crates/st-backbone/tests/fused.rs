@@ -137,3 +137,47 @@ fn fused_ops_match_composed_code_at_every_level() {
         );
     }
 }
+
+/// Cosine of two vectors.
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+/// int8 projections: every token's output stays within cosine 0.99 of float32's, yet differs
+/// from it (the int8 kernels really ran), on every awkward batch.
+#[test]
+fn int8_linears_stay_close_to_float32() {
+    let float = model();
+    // Parameters are initialized lazily, and a clone of an uninitialized one draws its own
+    // values: run the model once so the int8 copy quantizes these very weights.
+    float.forward(batch(&[1], 9));
+    let int8 = float.clone().with_int8_linears().unwrap();
+    for (i, lengths) in BATCHES.iter().enumerate() {
+        let input = batch(lengths, i as u64 + 1);
+        let want = float
+            .forward(input.clone())
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        let got = int8.forward(input).into_data().to_vec::<f32>().unwrap();
+        assert_ne!(
+            got, want,
+            "int8 gave float32's numbers for batch {lengths:?}"
+        );
+        for (t, (g, w)) in got.chunks(36).zip(want.chunks(36)).enumerate() {
+            let c = cosine(g, w);
+            assert!(c >= 0.99, "batch {lengths:?} token {t}: cosine {c}");
+        }
+    }
+}
+
+/// Backends without int8 kernels refuse int8 rather than compute in float.
+#[test]
+fn int8_is_refused_where_it_would_not_run() {
+    type Train = burn_autodiff::Autodiff<Flex>;
+    let model = BertConfig::tiny(97).init::<Train>(false, &FlexDevice);
+    let err = model.with_int8_linears().unwrap_err();
+    assert!(err.to_string().contains("no int8 kernels"), "{err}");
+}

@@ -186,7 +186,12 @@ pub fn describe() -> Vec<(BackendKind, bool, String)> {
                 format!("not compiled in (cargo feature `{}`)", kind.name())
             } else {
                 match kind {
-                    BackendKind::Flex => format!("cpu ({} threads)", rayon::current_num_threads()),
+                    BackendKind::Flex => format!(
+                        "cpu ({} threads), st-kernels at {} (the CPU's best: {}; ST_KERNELS caps it)",
+                        rayon::current_num_threads(),
+                        st_kernels::Level::active(),
+                        st_kernels::Level::detected()
+                    ),
                     BackendKind::Tch => describe_tch(),
                     BackendKind::Wgpu => describe_wgpu(),
                 }

@@ -281,6 +281,75 @@ fn sts_benchmark_matches_the_published_score() {
     );
 }
 
+/// `--dtype int8` (the default backend's int8 projections): every embedding within cosine
+/// 0.99 of float32's but not equal to it, and STS-B test within 0.5 of the float32 score.
+#[test]
+fn int8_stays_close_to_float32() {
+    let texts = [
+        "A man is playing a guitar.",
+        "The new movie is awesome",
+        "Two dogs run across a snowy field while children watch from the road.",
+        "ok",
+    ];
+    let encode = |dtype: &str| {
+        let mut args = vec!["encode", "--model", model(), "--dtype", dtype];
+        args.extend(texts);
+        lines(&ok(&st(&args)))
+            .iter()
+            .map(|l| {
+                let e = l["embedding"].as_array().unwrap();
+                e.iter().map(|x| x.as_f64().unwrap()).collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+    };
+    let (float, int8) = (encode("float32"), encode("int8"));
+    for (i, (a, b)) in float.iter().zip(&int8).enumerate() {
+        assert_ne!(a, b, "text {i}: int8 gave float32's numbers");
+        let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        assert!(
+            dot >= 0.99,
+            "text {i}: cosine {dot} (embeddings are normalized)"
+        );
+    }
+    let data = stsb_dir().join("sts-test.csv");
+    let stdout = ok(&st(&[
+        "eval",
+        "sts",
+        "--model",
+        model(),
+        "--dtype",
+        "int8",
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+    ]));
+    let result: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let score = result["spearman_cosine"].as_f64().unwrap();
+    assert!((score - 82.03).abs() <= 0.5, "int8 Spearman ×100 = {score}");
+}
+
+/// Half floats on flex are slower than float32, so they are refused with the way out; the old
+/// `--precision` spelling still works, with a warning.
+#[test]
+fn dtype_flags_refuse_slow_modes_and_keep_the_old_spelling() {
+    let err = failed(&st(&[
+        "encode",
+        "--model",
+        model(),
+        "--dtype",
+        "bf16",
+        "hi",
+    ]));
+    assert!(
+        err.contains("slower than float32") && err.contains("--dtype int8"),
+        "{err}"
+    );
+    let out = st(&["encode", "--model", model(), "--precision", "fp32", "hi"]);
+    ok(&out);
+    let warning = String::from_utf8_lossy(&out.stderr);
+    assert!(warning.contains("--precision is deprecated"), "{warning}");
+}
+
 #[test]
 fn info_describes_the_model() {
     let stdout = ok(&st(&["info", "--model", model(), "--json"]));

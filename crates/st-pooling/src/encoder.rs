@@ -280,6 +280,13 @@ impl<B: EncoderBackend> SentenceEncoder<B> {
         self
     }
 
+    /// Runs the BERT's projections in int8 ([`BertModel::with_int8_linears`]); an error on a
+    /// backend without int8 kernels.
+    pub fn with_int8_linears(mut self) -> Result<Self, st_backbone::Int8Unsupported> {
+        self.bert = self.bert.with_int8_linears()?;
+        Ok(self)
+    }
+
     /// Token embeddings and the (unnormalized) pooled sentence features of one batch.
     pub fn features(&self, input: BertInput<B>) -> (Tensor<B, 3>, Tensor<B, 2>) {
         let mask = input.attention_mask.clone();
