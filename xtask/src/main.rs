@@ -375,7 +375,12 @@ fn pyenv() -> Result<PathBuf> {
 fn reference(model: &str) -> Result<()> {
     let dir = download(model)?;
     let python = pyenv()?;
-    let out = workspace_root().join("crates/st-pooling/tests/fixtures");
+    // MiniLM's fixtures sit at the top of the folder (st-cli's tests read them too); every
+    // other model's in a sub-folder named after it.
+    let mut out = workspace_root().join("crates/st-pooling/tests/fixtures");
+    if model != st_hub::DEFAULT_MODEL {
+        out.push(model.rsplit('/').next().unwrap_or(model));
+    }
     status(
         Command::new(&python)
             .arg(workspace_root().join("xtask/py/reference.py"))

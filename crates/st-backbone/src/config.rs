@@ -20,14 +20,47 @@ pub enum HiddenAct {
     Relu,
 }
 
-/// A BERT architecture, field for field as Hugging Face writes it in `config.json`.
+/// The encoder families st-backbone runs, named by `config.json`'s `model_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    /// `BertModel`: absolute positions from 0, token types (bert, MiniLM, bge, e5, gte).
+    Bert,
+    /// `MPNetModel` (all-mpnet-base-v2): positions offset past the padding index, no token
+    /// types, and a relative-position bias added to every layer's attention scores
+    /// (see `mpnet.rs`).
+    MPNet,
+}
+
+impl Architecture {
+    /// The `model_type` values st-backbone implements, as `config.json` spells them.
+    pub const NAMES: &[&str] = &["bert", "mpnet"];
+
+    fn from_model_type(name: &str) -> Option<Self> {
+        match name {
+            "bert" => Some(Self::Bert),
+            "mpnet" => Some(Self::MPNet),
+            _ => None,
+        }
+    }
+
+    /// The Hugging Face class `transformers` loads a saved folder of this family with.
+    pub fn hf_class(self) -> &'static str {
+        match self {
+            Self::Bert => "BertModel",
+            Self::MPNet => "MPNetModel",
+        }
+    }
+}
+
+/// A BERT-family architecture, field for field as Hugging Face writes it in `config.json`.
 ///
 /// bert-base-uncased, all-MiniLM-L6-v2 and every other `BertModel` checkpoint share this shape;
-/// only the numbers differ. Fields absent from a `config.json` take BERT-base defaults, as in
-/// `transformers.BertConfig`.
+/// only the numbers differ. MPNet adds one field (`relative_attention_num_buckets`) and drops
+/// token types ([`Architecture`]). Fields absent from a `config.json` take BERT-base defaults,
+/// as in `transformers.BertConfig`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BertConfig {
-    /// Must be `"bert"`: other families (RoBERTa, DistilBERT, ...) differ in ways this model ignores.
+    /// `"bert"` or `"mpnet"` ([`Architecture`]); other families are refused.
     #[serde(default = "default_model_type")]
     pub model_type: String,
     #[serde(default = "d_vocab")]
@@ -57,6 +90,9 @@ pub struct BertConfig {
     /// Only `"absolute"` is supported.
     #[serde(default = "d_position_type", skip_serializing_if = "Option::is_none")]
     pub position_embedding_type: Option<String>,
+    /// MPNet's relative-position buckets (32 in every published MPNet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relative_attention_num_buckets: Option<usize>,
 }
 
 fn default_model_type() -> String {
@@ -104,6 +140,25 @@ impl Default for BertConfig {
 }
 
 impl BertConfig {
+    /// The family `model_type` names (checked by [`BertConfig::validate`]).
+    pub fn architecture(&self) -> Architecture {
+        Architecture::from_model_type(&self.model_type).unwrap_or(Architecture::Bert)
+    }
+
+    /// Whether the model adds token-type (segment) embeddings: BERT does, MPNet has none.
+    pub fn has_token_types(&self) -> bool {
+        self.architecture() == Architecture::Bert
+    }
+
+    /// The position id of the first token. MPNet (like RoBERTa) numbers positions from
+    /// `padding_idx + 1`, with Hugging Face's `padding_idx` fixed at 1: 2, 3, ...
+    pub fn position_offset(&self) -> usize {
+        match self.architecture() {
+            Architecture::Bert => 0,
+            Architecture::MPNet => 2,
+        }
+    }
+
     /// Floating-point operations (multiply and add counted apart) of one forward pass over a
     /// sequence of `seq_len` tokens: per layer the Q/K/V/output projections `8·n·h²`, the
     /// feed-forward `4·n·h·i` and attention's two `n×n` products `4·n²·h`. Embedding lookups,
@@ -149,11 +204,34 @@ impl BertConfig {
                 message,
             })
         };
-        if self.model_type != "bert" {
+        let Some(architecture) = Architecture::from_model_type(&self.model_type) else {
             return fail(format!(
-                "field `model_type` is \"{}\"; st-backbone implements \"bert\" only",
-                self.model_type
+                "field `model_type` is \"{}\"; st-backbone implements {}",
+                self.model_type,
+                Architecture::NAMES
+                    .iter()
+                    .map(|n| format!("\"{n}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
+        };
+        if architecture == Architecture::MPNet {
+            match self.relative_attention_num_buckets {
+                Some(n) if n >= 2 && n % 2 == 0 => {}
+                other => {
+                    return fail(format!(
+                        "field `relative_attention_num_buckets` is {other:?}; MPNet needs an even \
+                         number of buckets (32 in published models)"
+                    ));
+                }
+            }
+            if self.max_position_embeddings <= self.position_offset() {
+                return fail(format!(
+                    "field `max_position_embeddings` ({}) leaves no position past MPNet's offset {}",
+                    self.max_position_embeddings,
+                    self.position_offset()
+                ));
+            }
         }
         if let Some(kind) = &self.position_embedding_type
             && kind != "absolute"

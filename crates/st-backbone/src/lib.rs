@@ -54,13 +54,14 @@ mod config;
 mod flex;
 mod fused;
 mod model;
+mod mpnet;
 mod tokenizer;
 mod weights;
 
 use std::path::{Path, PathBuf};
 
 pub use atomic::{AtomicFile, write_atomic};
-pub use config::{BertConfig, HiddenAct};
+pub use config::{Architecture, BertConfig, HiddenAct};
 pub use fused::{AutodiffEncoderBackend, EncoderBackend};
 pub use model::{
     BertAttention, BertEmbeddings, BertEncoder, BertInput, BertIntermediate, BertLayer, BertModel,

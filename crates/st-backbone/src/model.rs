@@ -1,4 +1,5 @@
 //! The whole BERT encoder in one file: embeddings, post-LN encoder layers, optional pooler.
+//! MPNet runs on the same modules with its few additions from `mpnet.rs`.
 //!
 //! Field names follow Hugging Face's `BertModel` so checkpoint keys map one to one
 //! (`encoder.layer.3.attention.output.dense.weight`); the only renames are the ones Rust forces:
@@ -18,7 +19,7 @@ use burn::tensor::{Bool, FloatDType, Int, Tensor};
 use st_kernels::QuantizedMatrix;
 use std::sync::Arc;
 
-use crate::config::{BertConfig, HiddenAct};
+use crate::config::{Architecture, BertConfig, HiddenAct};
 use crate::fused::EncoderBackend;
 
 /// One batch of token ids, ready for the model. Rows are padded to the batch's longest input.
@@ -47,9 +48,13 @@ pub struct BertOutput<B: Backend> {
 pub struct BertEmbeddings<B: Backend> {
     pub word_embeddings: Embedding<B>,
     pub position_embeddings: Embedding<B>,
-    pub token_type_embeddings: Embedding<B>,
+    /// Absent in MPNet, which has no segments.
+    pub token_type_embeddings: Option<Embedding<B>>,
     pub layer_norm: LayerNorm<B>,
     pub dropout: Dropout,
+    /// The first token's position id ([`BertConfig::position_offset`]).
+    #[module(skip)]
+    position_offset: usize,
 }
 
 impl<B: Backend> BertEmbeddings<B> {
@@ -60,12 +65,15 @@ impl<B: Backend> BertEmbeddings<B> {
     ) -> Tensor<B, 3> {
         let [batch, seq] = input_ids.dims();
         let device = input_ids.device();
-        let positions = Tensor::<B, 1, Int>::arange(0..seq as i64, &device)
+        let first = self.position_offset as i64;
+        let positions = Tensor::<B, 1, Int>::arange(first..first + seq as i64, &device)
             .unsqueeze::<2>()
             .expand([batch, seq]);
-        let embedded = self.word_embeddings.forward(input_ids)
-            + self.position_embeddings.forward(positions)
-            + self.token_type_embeddings.forward(token_type_ids);
+        let mut embedded =
+            self.word_embeddings.forward(input_ids) + self.position_embeddings.forward(positions);
+        if let Some(token_types) = &self.token_type_embeddings {
+            embedded = embedded + token_types.forward(token_type_ids);
+        }
         self.dropout.forward(self.layer_norm.forward(embedded))
     }
 }
@@ -125,6 +133,17 @@ impl<B: Backend> BertSelfAttention<B> {
 
     /// `x`: `[batch, seq, hidden]`; `key_padding`: `[batch, seq]`, true where a key is padding.
     pub fn forward(&self, x: Tensor<B, 3>, key_padding: Tensor<B, 2, Bool>) -> Tensor<B, 3> {
+        self.forward_with_position_bias(x, key_padding, None)
+    }
+
+    /// [`forward`](Self::forward) with a bias added to the scaled scores of every head:
+    /// `position_bias` `[1, heads, seq, seq]` (MPNet's relative positions, `mpnet.rs`).
+    pub fn forward_with_position_bias(
+        &self,
+        x: Tensor<B, 3>,
+        key_padding: Tensor<B, 2, Bool>,
+        position_bias: Option<Tensor<B, 4>>,
+    ) -> Tensor<B, 3> {
         let [batch, seq, hidden] = x.dims();
         let (x_device, x_dtype) = (x.device(), x.dtype());
         let head_dim = hidden / self.num_heads;
@@ -142,6 +161,10 @@ impl<B: Backend> BertSelfAttention<B> {
             .cast(x_dtype)
             .mask_fill(key_padding.reshape([batch, 1, 1, seq]), f32::NEG_INFINITY)
             .expand([batch, self.num_heads, seq, seq]);
+        let bias = match position_bias {
+            Some(position) => bias + position.cast(x_dtype),
+            None => bias,
+        };
 
         let context = if B::ad_enabled(&q.device()) && self.dropout.prob > 0.0 {
             // Training: dropout on the attention probabilities, as BERT was trained. The fused
@@ -236,9 +259,19 @@ pub struct BertLayer<B: Backend> {
 
 impl<B: EncoderBackend> BertLayer<B> {
     /// Runs through the backend's fused operations ([`EncoderBackend`]); their defaults are the
-    /// sub-modules' own `forward`, which training (autodiff) uses.
-    pub fn forward(&self, x: Tensor<B, 3>, key_padding: Tensor<B, 2, Bool>) -> Tensor<B, 3> {
-        let attended = B::self_attention(&self.attention.self_attn, x.clone(), key_padding);
+    /// sub-modules' own `forward`, which training (autodiff) uses. With a `position_bias`
+    /// (MPNet) attention runs the composed code, which adds it.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        key_padding: Tensor<B, 2, Bool>,
+        position_bias: Option<Tensor<B, 4>>,
+    ) -> Tensor<B, 3> {
+        let self_attn = &self.attention.self_attn;
+        let attended = match position_bias {
+            Some(bias) => self_attn.forward_with_position_bias(x.clone(), key_padding, Some(bias)),
+            None => B::self_attention(self_attn, x.clone(), key_padding),
+        };
         let x = B::self_output(&self.attention.output, attended, x);
         let expanded = B::intermediate(&self.intermediate, x.clone());
         B::self_output(&self.output, expanded, x)
@@ -249,6 +282,8 @@ impl<B: EncoderBackend> BertLayer<B> {
 pub struct BertEncoder<B: Backend> {
     /// Named `layer` (singular) to match Hugging Face keys: `encoder.layer.0...`.
     pub layer: Vec<BertLayer<B>>,
+    /// MPNet's `[buckets, heads]` relative-position table, shared by every layer.
+    pub relative_attention_bias: Option<Embedding<B>>,
 }
 
 /// `tanh(dense(h_cls))`: the next-sentence-prediction pooler some checkpoints carry.
@@ -288,9 +323,12 @@ impl BertConfig {
         let embeddings = BertEmbeddings {
             word_embeddings: EmbeddingConfig::new(self.vocab_size, h).init(device),
             position_embeddings: EmbeddingConfig::new(self.max_position_embeddings, h).init(device),
-            token_type_embeddings: EmbeddingConfig::new(self.type_vocab_size, h).init(device),
+            token_type_embeddings: self
+                .has_token_types()
+                .then(|| EmbeddingConfig::new(self.type_vocab_size, h).init(device)),
             layer_norm: layer_norm(),
             dropout: hidden_dropout(),
+            position_offset: self.position_offset(),
         };
         let layer = (0..self.num_hidden_layers)
             .map(|_| BertLayer {
@@ -326,7 +364,15 @@ impl BertConfig {
             .collect();
         BertModel {
             embeddings,
-            encoder: BertEncoder { layer },
+            encoder: BertEncoder {
+                layer,
+                relative_attention_bias: self
+                    .relative_attention_num_buckets
+                    .filter(|_| self.architecture() == Architecture::MPNet)
+                    .map(|buckets| {
+                        EmbeddingConfig::new(buckets, self.num_attention_heads).init(device)
+                    }),
+            },
             pooler: with_pooler.then(|| BertPooler {
                 dense: linear(h, h),
             }),
@@ -348,6 +394,14 @@ impl<B: Backend> BertModel<B> {
     /// Number of encoder layers.
     pub fn num_layers(&self) -> usize {
         self.encoder.layer.len()
+    }
+
+    /// The family, as the modules show it: only MPNet has a relative-position table.
+    pub fn architecture(&self) -> Architecture {
+        match self.encoder.relative_attention_bias {
+            Some(_) => Architecture::MPNet,
+            None => Architecture::Bert,
+        }
     }
 
     /// Width of the token embeddings.
@@ -417,8 +471,14 @@ impl<B: EncoderBackend> BertModel<B> {
             .embeddings
             .forward(input.input_ids, input.token_type_ids);
         let mut all = keep_all.then(|| vec![x.clone()]);
+        let seq = x.dims()[1];
+        let position_bias = self
+            .encoder
+            .relative_attention_bias
+            .as_ref()
+            .map(|table| crate::mpnet::position_bias(table, seq).cast(x.dtype()));
         for layer in &self.encoder.layer {
-            x = layer.forward(x, key_padding.clone());
+            x = layer.forward(x, key_padding.clone(), position_bias.clone());
             if let Some(all) = all.as_mut() {
                 all.push(x.clone());
             }

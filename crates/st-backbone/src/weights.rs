@@ -12,9 +12,10 @@ use burn_store::{
     SafetensorsStore,
 };
 
-use crate::{BackboneError, BertConfig, BertModel};
+use crate::{Architecture, BackboneError, BertConfig, BertModel};
 
-/// Hugging Face key → our module path. Applied in order to every key in the file.
+/// Hugging Face key → our module path. Applied in order to every key in the file (after the
+/// architecture's own renames, [`load_remapping`]).
 pub const KEY_REMAPPING: &[(&str, &str)] = &[
     // BertFor* checkpoints nest the encoder under `bert.`.
     (r"^bert\.", ""),
@@ -32,6 +33,26 @@ const SAVE_REMAPPING: &[(&str, &str)] = &[
     (r"\.attention\.self_attn\.", ".attention.self."),
 ];
 
+/// Every rename from a checkpoint of `architecture` to our module paths, in order.
+pub fn load_remapping(architecture: Architecture) -> Vec<(&'static str, &'static str)> {
+    let own = match architecture {
+        Architecture::Bert => &[][..],
+        Architecture::MPNet => crate::mpnet::LOAD_REMAPPING,
+    };
+    // The generic LayerNorm rename runs first: the MPNet renames expect `layer_norm`.
+    let (layer_norm, rest) = KEY_REMAPPING.split_at(3);
+    layer_norm.iter().chain(own).chain(rest).copied().collect()
+}
+
+/// Every rename from our module paths to a checkpoint of `architecture`, in order.
+fn save_remapping(architecture: Architecture) -> Vec<(&'static str, &'static str)> {
+    let own = match architecture {
+        Architecture::Bert => &[][..],
+        Architecture::MPNet => crate::mpnet::SAVE_REMAPPING,
+    };
+    own.iter().chain(SAVE_REMAPPING).copied().collect()
+}
+
 /// Keys a checkpoint may carry that are not encoder weights: buffers and task heads of other
 /// architectures (masked-LM `cls.`, sequence classification `classifier.`, QA `qa_outputs.`).
 fn is_ignorable(key: &str) -> bool {
@@ -39,6 +60,7 @@ fn is_ignorable(key: &str) -> bool {
         || key.starts_with("cls.")
         || key.starts_with("classifier.")
         || key.starts_with("qa_outputs.")
+        || key.starts_with("lm_head.")
 }
 
 /// Every way a burn-store load went wrong, one line each: missing, mis-shaped and unexpected
@@ -80,23 +102,23 @@ enum Store {
 }
 
 impl Store {
-    fn open(path: &Path) -> Self {
+    fn open(path: &Path, architecture: Architecture) -> Self {
         let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
         if is_safetensors {
             let mut store = SafetensorsStore::from_file(path)
                 .with_from_adapter(PyTorchToBurnAdapter)
                 .allow_partial(true)
                 .validate(false);
-            for (from, to) in KEY_REMAPPING {
-                store = store.with_key_remapping(from, *to);
+            for (from, to) in load_remapping(architecture) {
+                store = store.with_key_remapping(from, to);
             }
             Store::Safetensors(store)
         } else {
             let mut store = PytorchStore::from_file(path)
                 .allow_partial(true)
                 .validate(false);
-            for (from, to) in KEY_REMAPPING {
-                store = store.with_key_remapping(from, *to);
+            for (from, to) in load_remapping(architecture) {
+                store = store.with_key_remapping(from, to);
             }
             Store::Pytorch(store)
         }
@@ -150,7 +172,7 @@ impl<B: Backend> BertModel<B> {
             path: path.to_path_buf(),
             message,
         };
-        let mut store = Store::open(path);
+        let mut store = Store::open(path, config.architecture());
         let keys = store.keys().map_err(fail)?;
         let with_pooler = keys.iter().any(|k| k.starts_with("pooler."));
         let mut model = config.init::<B>(with_pooler, device);
@@ -159,8 +181,9 @@ impl<B: Backend> BertModel<B> {
         let problems = load_problems(&result, is_ignorable);
         if !problems.is_empty() {
             return Err(fail(format!(
-                "{} tensor(s) do not fit a BERT with this config.json:\n  {}",
+                "{} tensor(s) do not fit a {} with this config.json:\n  {}",
                 problems.len(),
+                config.architecture().hf_class(),
                 problems.join("\n  ")
             )));
         }
@@ -174,8 +197,8 @@ impl<B: Backend> BertModel<B> {
     pub fn save_safetensors(&self, path: &Path) -> Result<(), BackboneError> {
         let tmp = crate::atomic::temp_sibling(path);
         let mut store = SafetensorsStore::from_file(&tmp).with_to_adapter(BurnToPyTorchAdapter);
-        for (from, to) in SAVE_REMAPPING {
-            store = store.with_key_remapping(from, *to);
+        for (from, to) in save_remapping(self.architecture()) {
+            store = store.with_key_remapping(from, to);
         }
         let saved = self
             .save_into(&mut store)
@@ -195,7 +218,7 @@ impl<B: Backend> BertModel<B> {
     pub fn save_pretrained(&self, config: &BertConfig, dir: &Path) -> Result<(), BackboneError> {
         std::fs::create_dir_all(dir).map_err(|e| BackboneError::io(dir, e))?;
         let mut json = serde_json::to_value(config).expect("config serializes");
-        json["architectures"] = serde_json::json!(["BertModel"]);
+        json["architectures"] = serde_json::json!([config.architecture().hf_class()]);
         let text = serde_json::to_string_pretty(&json).expect("json serializes");
         crate::write_atomic(&dir.join("config.json"), text.as_bytes())?;
         self.save_safetensors(&dir.join("model.safetensors"))

@@ -857,7 +857,7 @@ fn info<B: EncoderBackend>(args: &ModelArgs, json: bool, device: &B::Device) -> 
             "{}",
             serde_json::json!({
                 "model": args.model,
-                "architecture": "bert",
+                "architecture": c.model_type,
                 "layers": c.num_hidden_layers,
                 "hidden_size": c.hidden_size,
                 "attention_heads": c.num_attention_heads,
@@ -879,7 +879,8 @@ fn info<B: EncoderBackend>(args: &ModelArgs, json: bool, device: &B::Device) -> 
         (
             "architecture",
             format!(
-                "BERT, {} layers, hidden {}, {} heads, FFN {}, {:?}",
+                "{}, {} layers, hidden {}, {} heads, FFN {}, {:?}",
+                c.architecture().hf_class(),
                 c.num_hidden_layers,
                 c.hidden_size,
                 c.num_attention_heads,

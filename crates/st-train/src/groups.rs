@@ -66,7 +66,11 @@ pub fn group_of(path: &str, layers: usize, head_names: &[String]) -> (String, us
             .unwrap_or_else(|| index.to_string());
         return (format!("head.{name}"), top);
     }
-    if path.contains("bert.embeddings.") || path.starts_with("embeddings.") {
+    // MPNet's relative-position table serves every layer, like the position embeddings.
+    if path.contains("bert.embeddings.")
+        || path.starts_with("embeddings.")
+        || path.contains("encoder.relative_attention_bias.")
+    {
         return ("embeddings".into(), 0);
     }
     if let Some(pos) = path.find("encoder.layer.") {
