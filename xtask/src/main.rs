@@ -114,60 +114,7 @@ fn run() -> Result<()> {
             Some(dir) => python_check(Path::new(dir)),
             None => bail!("usage: cargo xtask python-check MODEL_DIR"),
         },
-        Some("bench") => {
-            let flag = |f: &str| args.iter().any(|a| a == f);
-            let threads = args
-                .iter()
-                .position(|a| a == "--threads")
-                .and_then(|i| args.get(i + 1))
-                .map(|v| v.parse().context("--threads takes a number"))
-                .transpose()?
-                .unwrap_or(2);
-            let list = args
-                .iter()
-                .position(|a| a == "--backends")
-                .map(|i| args.get(i + 1).cloned().unwrap_or_default())
-                .unwrap_or_else(|| "flex,tch".into());
-            let mut backends: Vec<String> = vec!["flex".into()];
-            backends.extend(
-                list.split(',')
-                    .map(|b| b.trim().to_string())
-                    .filter(|b| !b.is_empty() && b != "flex"),
-            );
-            let dir = download(st_hub::DEFAULT_MODEL)?;
-            let python = pyenv()?;
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| workspace_root().join("target"));
-            // flex is measured on the default build (what `cargo install` gives: no libtorch
-            // to load at start-up), the other backends on a build with their features.
-            status(cargo().args(["build", "--release", "-p", "st-cli", "--bin", "st"]))?;
-            let bench_dir = workspace_root().join("target/bench");
-            std::fs::create_dir_all(&bench_dir)?;
-            let flex_st = bench_dir.join("st-flex");
-            std::fs::copy(target.join("release/st"), &flex_st)?;
-            if backends.len() > 1 {
-                let mut build = cargo();
-                build.args(["build", "--release", "-p", "st-cli", "--bin", "st"]);
-                with_backends(&mut build, &backends.join(","))?;
-                status(&mut build)?;
-            }
-            if backends.iter().any(|b| b == "wgpu") {
-                // SAFETY: single-threaded here; the benchmarked processes inherit it.
-                unsafe { std::env::set_var("XDG_RUNTIME_DIR", backends::runtime_dir()?) };
-            }
-            let settings = bench::Settings {
-                quick: flag("--quick"),
-                json: flag("--json"),
-                threads,
-                backends,
-                flex_st,
-            };
-            // Private copies: other builds may replace target/release/st while this runs.
-            let st = bench_dir.join("st-backends");
-            std::fs::copy(target.join("release/st"), &st)?;
-            bench::run(&workspace_root(), &dir, &python, &st, &settings)
-        }
+        Some("bench") => bench_command(&args),
         Some("e2e") => {
             let backend = args
                 .iter()
@@ -187,54 +134,7 @@ fn run() -> Result<()> {
                 Ok("Python sentence-transformers embeds like st (cosine ≥ 0.9999)".into())
             })
         }
-        Some("experiments") => {
-            let value = |flag: &str| {
-                args.iter()
-                    .position(|a| a == flag)
-                    .and_then(|i| args.get(i + 1).cloned())
-            };
-            let backend = value("--backend").unwrap_or_else(|| "flex".into());
-            let seeds = value("--seeds")
-                .unwrap_or_else(|| "42".into())
-                .split(',')
-                .map(|s| {
-                    s.trim()
-                        .parse()
-                        .context("--seeds takes numbers, e.g. 42,43,44")
-                })
-                .collect::<Result<Vec<u64>>>()?;
-            let mut tables: Vec<String> = Vec::new();
-            let mut skip = false;
-            for a in &args[1..] {
-                if skip {
-                    skip = false;
-                } else if a == "--backend" || a == "--seeds" {
-                    skip = true;
-                } else {
-                    tables.push(a.clone());
-                }
-            }
-            if tables.is_empty() {
-                tables = EXPERIMENT_TABLES.iter().map(|s| s.to_string()).collect();
-            }
-            let dir = download(st_hub::DEFAULT_MODEL)?;
-            let st = release_st(&backend, "experiments")?;
-            let root = workspace_root();
-            let runner = experiments::Experiments {
-                done: Default::default(),
-                root: &root,
-                st: &st,
-                st_sha256: st_hub::sha256_file(&st)?,
-                backend: &backend,
-                model: &dir,
-                datasets: datasets_root(experiments::DATASETS)?,
-                seeds,
-            };
-            for table in &tables {
-                runner.run_table(table)?;
-            }
-            Ok(())
-        }
+        Some("experiments") => experiments_command(&args),
         Some("datasets") => datasets(&args[1..]),
         Some("pyenv") => {
             println!("{}", pyenv()?.display());
@@ -497,4 +397,110 @@ fn manifest_dir() -> std::path::PathBuf {
     std::env::var_os("CARGO_MANIFEST_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
+/// `cargo xtask bench [--quick] [--json] [--threads N] [--backends LIST]`.
+fn bench_command(args: &[String]) -> Result<()> {
+    let flag = |f: &str| args.iter().any(|a| a == f);
+    let threads = args
+        .iter()
+        .position(|a| a == "--threads")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse().context("--threads takes a number"))
+        .transpose()?
+        .unwrap_or(2);
+    let list = args
+        .iter()
+        .position(|a| a == "--backends")
+        .map(|i| args.get(i + 1).cloned().unwrap_or_default())
+        .unwrap_or_else(|| "flex,tch".into());
+    let mut backends: Vec<String> = vec!["flex".into()];
+    backends.extend(
+        list.split(',')
+            .map(|b| b.trim().to_string())
+            .filter(|b| !b.is_empty() && b != "flex"),
+    );
+    let dir = download(st_hub::DEFAULT_MODEL)?;
+    let python = pyenv()?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    // flex is measured on the default build (what `cargo install` gives: no libtorch
+    // to load at start-up), the other backends on a build with their features.
+    status(cargo().args(["build", "--release", "-p", "st-cli", "--bin", "st"]))?;
+    let bench_dir = workspace_root().join("target/bench");
+    std::fs::create_dir_all(&bench_dir)?;
+    let flex_st = bench_dir.join("st-flex");
+    std::fs::copy(target.join("release/st"), &flex_st)?;
+    if backends.len() > 1 {
+        let mut build = cargo();
+        build.args(["build", "--release", "-p", "st-cli", "--bin", "st"]);
+        with_backends(&mut build, &backends.join(","))?;
+        status(&mut build)?;
+    }
+    if backends.iter().any(|b| b == "wgpu") {
+        // SAFETY: single-threaded here; the benchmarked processes inherit it.
+        unsafe { std::env::set_var("XDG_RUNTIME_DIR", backends::runtime_dir()?) };
+    }
+    let settings = bench::Settings {
+        quick: flag("--quick"),
+        json: flag("--json"),
+        threads,
+        backends,
+        flex_st,
+    };
+    // Private copies: other builds may replace target/release/st while this runs.
+    let st = bench_dir.join("st-backends");
+    std::fs::copy(target.join("release/st"), &st)?;
+    bench::run(&workspace_root(), &dir, &python, &st, &settings)
+}
+
+/// `cargo xtask experiments [TABLE...] [--backend NAME] [--seeds LIST]`.
+fn experiments_command(args: &[String]) -> Result<()> {
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1).cloned())
+    };
+    let backend = value("--backend").unwrap_or_else(|| "flex".into());
+    let seeds = value("--seeds")
+        .unwrap_or_else(|| "42".into())
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .parse()
+                .context("--seeds takes numbers, e.g. 42,43,44")
+        })
+        .collect::<Result<Vec<u64>>>()?;
+    let mut tables: Vec<String> = Vec::new();
+    let mut skip = false;
+    for a in &args[1..] {
+        if skip {
+            skip = false;
+        } else if a == "--backend" || a == "--seeds" {
+            skip = true;
+        } else {
+            tables.push(a.clone());
+        }
+    }
+    if tables.is_empty() {
+        tables = EXPERIMENT_TABLES.iter().map(|s| s.to_string()).collect();
+    }
+    let dir = download(st_hub::DEFAULT_MODEL)?;
+    let st = release_st(&backend, "experiments")?;
+    let root = workspace_root();
+    let runner = experiments::Experiments {
+        done: Default::default(),
+        root: &root,
+        st: &st,
+        st_sha256: st_hub::sha256_file(&st)?,
+        backend: &backend,
+        model: &dir,
+        datasets: datasets_root(experiments::DATASETS)?,
+        seeds,
+    };
+    for table in &tables {
+        runner.run_table(table)?;
+    }
+    Ok(())
 }

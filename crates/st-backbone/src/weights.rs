@@ -39,9 +39,8 @@ pub fn load_remapping(architecture: Architecture) -> Vec<(&'static str, &'static
         Architecture::Bert => &[][..],
         Architecture::MPNet => crate::mpnet::LOAD_REMAPPING,
     };
-    // The generic LayerNorm rename runs first: the MPNet renames expect `layer_norm`.
-    let (layer_norm, rest) = KEY_REMAPPING.split_at(3);
-    layer_norm.iter().chain(own).chain(rest).copied().collect()
+    // After the generic renames: the MPNet ones expect `layer_norm` already renamed.
+    KEY_REMAPPING.iter().chain(own).copied().collect()
 }
 
 /// Every rename from our module paths to a checkpoint of `architecture`, in order.
