@@ -70,6 +70,28 @@ impl TextSource {
         Ok(window)
     }
 
+    /// Reads an already open plain-text file (the spooled standard input).
+    pub fn from_file(file: std::fs::File) -> Self {
+        Self::new(
+            Box::new(BufReader::new(file)),
+            false,
+            "standard input".into(),
+        )
+    }
+
+    /// How many texts remain (reading them, and checking them as [`TextSource::next_window`]
+    /// does, without keeping them).
+    pub fn count(mut self) -> Result<usize> {
+        let mut n = 0;
+        loop {
+            let window = self.next_window(4096)?;
+            if window.is_empty() {
+                return Ok(n);
+            }
+            n += window.len();
+        }
+    }
+
     /// Every remaining text.
     pub fn read_all(mut self) -> Result<Vec<String>> {
         let lines = self.next_window(usize::MAX)?;
@@ -107,6 +129,24 @@ impl TextSource {
 /// Reads every text from `path` (`-` is standard input); see [`TextSource`].
 pub fn read_texts(path: &Path) -> Result<Vec<String>> {
     TextSource::open(path)?.read_all()
+}
+
+/// Copies standard input into a temporary file that has no name (it is unlinked at once, so
+/// nothing is left behind however st ends), positioned at its start: input read twice.
+pub fn spool_stdin() -> Result<std::fs::File> {
+    use std::io::{Seek, SeekFrom};
+    let dir = std::env::temp_dir();
+    let path = dir.join(format!(".st-stdin-{}", std::process::id()));
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    let _ = std::fs::remove_file(&path);
+    std::io::copy(&mut std::io::stdin().lock(), &mut file).context("reading standard input")?;
+    file.seek(SeekFrom::Start(0))?;
+    Ok(file)
 }
 
 /// Splits `bytes` into texts; `name` labels errors.

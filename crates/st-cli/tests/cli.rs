@@ -328,10 +328,10 @@ fn int8_stays_close_to_float32() {
     assert!((score - 82.03).abs() <= 0.5, "int8 Spearman ×100 = {score}");
 }
 
-/// Half floats on flex are slower than float32, so they are refused with the way out; the old
-/// `--precision` spelling still works, with a warning.
+/// Half floats on flex are slower than float32, so they are refused with the way out;
+/// `--precision` is now the output precision, and its old compute-type values point to --dtype.
 #[test]
-fn dtype_flags_refuse_slow_modes_and_keep_the_old_spelling() {
+fn dtype_flags_refuse_slow_modes_and_precision_points_to_dtype() {
     let err = failed(&st(&[
         "encode",
         "--model",
@@ -344,10 +344,28 @@ fn dtype_flags_refuse_slow_modes_and_keep_the_old_spelling() {
         err.contains("slower than float32") && err.contains("--dtype int8"),
         "{err}"
     );
-    let out = st(&["encode", "--model", model(), "--precision", "fp32", "hi"]);
-    ok(&out);
-    let warning = String::from_utf8_lossy(&out.stderr);
-    assert!(warning.contains("--precision is deprecated"), "{warning}");
+    for (old, dtype) in [("bf16", "--dtype bf16"), ("f16", "--dtype f16")] {
+        let err = failed(&st(&[
+            "encode",
+            "--model",
+            model(),
+            "--precision",
+            old,
+            "hi",
+        ]));
+        assert!(
+            err.contains(dtype) && err.contains("output embeddings' precision"),
+            "{err}"
+        );
+    }
+    ok(&st(&[
+        "encode",
+        "--model",
+        model(),
+        "--precision",
+        "fp32",
+        "hi",
+    ]));
 }
 
 #[test]

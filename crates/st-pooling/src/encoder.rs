@@ -24,12 +24,29 @@ struct SentenceBertConfig {
     do_lower_case: bool,
 }
 
-/// How [`SentenceEncoder::encode_with`] batches its inputs.
+/// `config_sentence_transformers.json`: the prompts a model was trained with.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+pub struct Prompts {
+    /// Prompt name → text prepended to each input (e.g. `"query" → "query: "`).
+    #[serde(default)]
+    pub prompts: std::collections::BTreeMap<String, String>,
+    /// The prompt applied when `encode` is given none.
+    #[serde(default)]
+    pub default_prompt_name: Option<String>,
+}
+
+/// How [`SentenceEncoder::encode_with`] batches its inputs, and the prompt it prepends.
 pub struct EncodeOptions<'a> {
     /// Sentences per forward pass.
     pub batch_size: usize,
     /// Called after each batch with the number of sentences it held.
     pub on_batch: Option<&'a dyn Fn(usize)>,
+    /// Text prepended to every input (sentence-transformers' `prompt=`); wins over
+    /// `prompt_name`.
+    pub prompt: Option<&'a str>,
+    /// A key of the model's prompts (`prompt_name=`). With neither, the model's
+    /// `default_prompt_name` applies, as in sentence-transformers.
+    pub prompt_name: Option<&'a str>,
 }
 
 impl Default for EncodeOptions<'_> {
@@ -37,6 +54,8 @@ impl Default for EncodeOptions<'_> {
         Self {
             batch_size: 32,
             on_batch: None,
+            prompt: None,
+            prompt_name: None,
         }
     }
 }
@@ -73,6 +92,9 @@ pub struct SentenceEncoder<B: Backend> {
     /// The folder the transformer was loaded from: tokenizer files are copied from it on save.
     #[module(skip)]
     pub source_dir: Option<std::path::PathBuf>,
+    /// Named prompts and the default one (`config_sentence_transformers.json`).
+    #[module(skip)]
+    pub prompts: Prompts,
 }
 
 impl<B: EncoderBackend> SentenceEncoder<B> {
@@ -137,6 +159,7 @@ impl<B: EncoderBackend> SentenceEncoder<B> {
             bert_config,
             lowercase: st_config.do_lower_case,
             source_dir: Some(transformer_dir.clone()),
+            prompts: read_prompts(dir)?,
         };
         encoder.check_widths()?;
         Ok(encoder)
@@ -159,6 +182,7 @@ impl<B: EncoderBackend> SentenceEncoder<B> {
             bert_config,
             lowercase: false,
             source_dir: None,
+            prompts: Prompts::default(),
         };
         encoder.check_widths()?;
         Ok(encoder)
@@ -187,8 +211,11 @@ impl<B: EncoderBackend> SentenceEncoder<B> {
 
     /// Replaces the pooling (e.g. `--pooling cls`). Fails when a Dense layer after it expects
     /// another width.
+    /// The model's `include_prompt` is kept.
     pub fn with_pooling(mut self, modes: &[PoolingMode]) -> Result<Self, PoolingError> {
+        let include_prompt = self.pooling.include_prompt;
         self.pooling = Pooling::new(modes.iter().copied(), self.bert_config.hidden_size)?;
+        self.pooling.include_prompt = include_prompt;
         self.check_widths()?;
         Ok(self)
     }
@@ -302,6 +329,63 @@ impl<B: EncoderBackend> SentenceEncoder<B> {
         self.pool(tokens, mask)
     }
 
+    /// Sentence embeddings of a batch whose rows start with a prompt of `prompt_length` tokens
+    /// (see [`SentenceEncoder::prompt_length`]), left out of pooling when the pooling's
+    /// `include_prompt` is false.
+    pub fn forward_after_prompt(&self, input: BertInput<B>, prompt_length: usize) -> Tensor<B, 2> {
+        let mask = input.attention_mask.clone();
+        let tokens = self.token_embeddings(input);
+        let mut x = self
+            .pooling
+            .forward_after_prompt(tokens, mask, prompt_length);
+        for d in &self.dense {
+            x = d.forward(x);
+        }
+        if self.normalize { l2_normalize(x) } else { x }
+    }
+
+    /// The prompt `encode` prepends, as sentence-transformers resolves it: `prompt` if given
+    /// (an empty one is none), else the prompt named `prompt_name` (an error naming the known
+    /// ones if there is none by that name), else the model's default prompt, if any.
+    pub fn resolve_prompt(
+        &self,
+        prompt: Option<&str>,
+        prompt_name: Option<&str>,
+    ) -> Result<Option<String>, PoolingError> {
+        let prompts = &self.prompts.prompts;
+        let prompt = match (prompt, prompt_name) {
+            (Some(p), _) => Some(p.to_string()),
+            (None, Some(name)) => Some(prompts.get(name).cloned().ok_or_else(|| {
+                let known: Vec<&str> = prompts.keys().map(String::as_str).collect();
+                PoolingError::UnknownPrompt(format!(
+                    "no prompt named `{name}` in the model's config_sentence_transformers.json \
+                     (it has: {})",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ))
+            })?),
+            (None, None) => self
+                .prompts
+                .default_prompt_name
+                .as_ref()
+                .and_then(|name| prompts.get(name).cloned()),
+        };
+        Ok(prompt.filter(|p| !p.is_empty()))
+    }
+
+    /// Tokens a prompt occupies at the start of a row: `[CLS]` and the prompt's own tokens,
+    /// without the special token the tokenizer appends (sentence-transformers'
+    /// `_get_prompt_length`).
+    pub fn prompt_length(&self, prompt: &str) -> Result<usize, PoolingError> {
+        let mut both = self.tokenize(&[prompt, ""])?;
+        let (empty, prompt) = (both.pop().expect("two"), both.pop().expect("two"));
+        let appended = !empty.ids.is_empty() && prompt.ids.last() == empty.ids.last();
+        Ok(prompt.ids.len() - usize::from(appended))
+    }
+
     /// Encodes texts with default options (batch size 32).
     pub fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, PoolingError> {
         Ok(self
@@ -316,7 +400,15 @@ impl<B: EncoderBackend> SentenceEncoder<B> {
         texts: &[&str],
         options: &EncodeOptions,
     ) -> Result<EncodeOutput, PoolingError> {
-        let encoded = self.tokenize(texts)?;
+        let prompt = self.resolve_prompt(options.prompt, options.prompt_name)?;
+        let (encoded, prompt_length) = match &prompt {
+            None => (self.tokenize(texts)?, 0),
+            Some(prompt) => {
+                let prompted: Vec<String> = texts.iter().map(|t| format!("{prompt}{t}")).collect();
+                let refs: Vec<&str> = prompted.iter().map(String::as_str).collect();
+                (self.tokenize(&refs)?, self.prompt_length(prompt)?)
+            }
+        };
         let truncated = encoded
             .iter()
             .enumerate()
@@ -334,7 +426,7 @@ impl<B: EncoderBackend> SentenceEncoder<B> {
             let rows: Vec<&Encoded> = chunk.iter().map(|&i| &encoded[i]).collect();
             padded_tokens += rows.len() * rows.iter().map(|r| r.ids.len()).max().unwrap_or(0);
             let batch = TokenBatch::pad(&rows, self.tokenizer.pad_id());
-            let out = self.forward(batch.to_input::<B>(&device));
+            let out = self.forward_after_prompt(batch.to_input::<B>(&device), prompt_length);
             let values = out
                 .into_data()
                 .convert::<f32>()
@@ -354,6 +446,26 @@ impl<B: EncoderBackend> SentenceEncoder<B> {
             padded_tokens,
         })
     }
+}
+
+/// Reads the prompts of a model folder's `config_sentence_transformers.json` (none when it is
+/// absent); a `default_prompt_name` that names no prompt is an error, as in
+/// sentence-transformers.
+fn read_prompts(dir: &Path) -> Result<Prompts, PoolingError> {
+    let path = dir.join("config_sentence_transformers.json");
+    if !path.is_file() {
+        return Ok(Prompts::default());
+    }
+    let prompts: Prompts = crate::read_json(&path)?;
+    if let Some(name) = &prompts.default_prompt_name
+        && !prompts.prompts.contains_key(name)
+    {
+        return Err(PoolingError::Invalid {
+            path,
+            message: format!("default_prompt_name `{name}` is not a key of `prompts`"),
+        });
+    }
+    Ok(prompts)
 }
 
 /// Tokenizer files copied verbatim into a saved model when the source folder has them.
@@ -440,6 +552,12 @@ impl<B: EncoderBackend> SentenceEncoder<B> {
             modules.push(serde_json::json!({
                 "idx": idx, "name": idx.to_string(), "path": name, "type": "sentence_transformers.models.Normalize"
             }));
+        }
+        if !self.prompts.prompts.is_empty() {
+            st_backbone::write_atomic(
+                &dir.join("config_sentence_transformers.json"),
+                json(serde_json::to_value(&self.prompts).expect("serializes")).as_bytes(),
+            )?;
         }
         st_backbone::write_atomic(
             &dir.join("modules.json"),

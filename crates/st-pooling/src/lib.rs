@@ -10,6 +10,11 @@
 //! - [`SentenceEncoder`]: tokenizer → [`st_backbone::BertModel`] → pooling → modules, loaded from a
 //!   sentence-transformers folder. `encode` sorts inputs by length before batching (so each batch
 //!   pads little) and returns embeddings in input order.
+//! - Prompts: `EncodeOptions::prompt` / `prompt_name` prepend a prompt (the model's
+//!   `default_prompt_name` when neither is given), left out of pooling when the pooling's
+//!   `include_prompt` is false, as sentence-transformers does.
+//! - [`Precision`] and [`quantize`]: output embeddings in `int8`, `uint8`, `binary` or `ubinary`,
+//!   as sentence-transformers' `quantize_embeddings`.
 //!
 //! ```no_run
 //! use burn_flex::Flex;
@@ -24,14 +29,16 @@
 mod encoder;
 mod modules;
 mod pooling;
+mod quantize;
 
 use std::path::{Path, PathBuf};
 
-pub use encoder::{DEFAULT_MAX_SEQ_LENGTH, EncodeOptions, EncodeOutput, SentenceEncoder};
+pub use encoder::{DEFAULT_MAX_SEQ_LENGTH, EncodeOptions, EncodeOutput, Prompts, SentenceEncoder};
 pub use modules::{
     Dense, DenseActivation, DenseConfigFile, ModuleEntry, ModuleSpec, l2_normalize, read_modules,
 };
 pub use pooling::{Pooling, PoolingConfigFile, PoolingMode};
+pub use quantize::{Precision, QuantizedRow, Ranges, hamming, pack_bits, quantize};
 
 /// Errors from reading a sentence-transformers folder or pooling. Each names its file.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +53,8 @@ pub enum PoolingError {
     UnknownMode(String),
     #[error("shape mismatch: {0}")]
     Shape(String),
+    #[error("{0}")]
+    UnknownPrompt(String),
 }
 
 /// Reads and parses a JSON file, naming the file (and line) on failure.

@@ -133,6 +133,9 @@ pub struct Pooling {
     modes: Vec<PoolingMode>,
     /// Width of the token embeddings this pooling reads.
     pub word_embedding_dimension: usize,
+    /// Whether a prompt's tokens are pooled with the text's (`include_prompt` in
+    /// `1_Pooling/config.json`; instruction models such as INSTRUCTOR say `false`).
+    pub include_prompt: bool,
 }
 
 /// `1_Pooling/config.json` as sentence-transformers writes it.
@@ -178,6 +181,7 @@ impl Pooling {
         Ok(Self {
             modes,
             word_embedding_dimension,
+            include_prompt: true,
         })
     }
 
@@ -199,13 +203,17 @@ impl Pooling {
             ),
             (file.pooling_mode_lasttoken, PoolingMode::LastToken),
         ];
-        Self::new(
+        let pooling = Self::new(
             flags.into_iter().filter(|(on, _)| *on).map(|(_, m)| m),
             file.word_embedding_dimension,
         )
         .map_err(|_| PoolingError::Invalid {
             path: path.to_path_buf(),
             message: "no `pooling_mode_*` field is true".into(),
+        })?;
+        Ok(Self {
+            include_prompt: file.include_prompt,
+            ..pooling
         })
     }
 
@@ -220,7 +228,7 @@ impl Pooling {
             pooling_mode_mean_sqrt_len_tokens: on(PoolingMode::MeanSqrtLenTokens),
             pooling_mode_weightedmean_tokens: on(PoolingMode::WeightedMean),
             pooling_mode_lasttoken: on(PoolingMode::LastToken),
-            include_prompt: true,
+            include_prompt: self.include_prompt,
         }
     }
 
@@ -250,6 +258,40 @@ impl Pooling {
         } else {
             Tensor::cat(pooled, 1)
         }
+    }
+
+    /// [`Pooling::forward`] over rows that start with a `prompt_length`-token prompt
+    /// (`[CLS]` included): with `include_prompt` false, those tokens are left out as
+    /// sentence-transformers leaves them out (their mask zeroed, so `cls` is the first token
+    /// after the prompt; `lasttoken` is still the last real token).
+    pub fn forward_after_prompt<B: Backend>(
+        &self,
+        tokens: Tensor<B, 3>,
+        mask: Tensor<B, 2, Int>,
+        prompt_length: usize,
+    ) -> Tensor<B, 2> {
+        let [batch, seq, hidden] = tokens.dims();
+        let skip = prompt_length.min(seq);
+        if self.include_prompt || skip == 0 {
+            return self.forward(tokens, mask);
+        }
+        let device = tokens.device();
+        let text_mask = mask
+            .clone()
+            .slice_assign([0..batch, 0..skip], Tensor::zeros([batch, skip], &device));
+        // A prompt filling the whole row leaves no token: torch's argmax of an all-zero mask
+        // then picks position 0.
+        let first = if skip < seq { skip } else { 0 };
+        let pooled: Vec<Tensor<B, 2>> = self
+            .modes
+            .iter()
+            .map(|&m| match m {
+                PoolingMode::Cls => tokens.clone().narrow(1, first, 1).reshape([batch, hidden]),
+                PoolingMode::LastToken => m.pool(tokens.clone(), mask.clone()),
+                _ => m.pool(tokens.clone(), text_mask.clone()),
+            })
+            .collect();
+        Tensor::cat(pooled, 1)
     }
 }
 
@@ -354,6 +396,24 @@ mod tests {
         assert_close(
             &out,
             &[1.0, 2.0, 13.0 / 3.0, 4.0 / 3.0, -1.0, 2.5, 1.0, 2.0],
+        );
+    }
+
+    #[test]
+    fn an_excluded_prompt_leaves_pooling_but_not_the_last_token() {
+        let (tokens, mask) = sample();
+        let modes = [PoolingMode::Cls, PoolingMode::Mean, PoolingMode::LastToken];
+        let mut p = Pooling::new(modes, 2).unwrap();
+        let included = p.forward_after_prompt(tokens.clone(), mask.clone(), 1);
+        let plain = p.forward(tokens.clone(), mask.clone());
+        assert_eq!(included.into_data(), plain.into_data());
+        p.include_prompt = false;
+        let out = p.forward_after_prompt(tokens, mask, 1);
+        // cls: the first token after the prompt; mean: tokens 1.. (row 2: token 1 only, token 2
+        // is padding); lasttoken: unchanged.
+        assert_close(
+            &out.into_data().to_vec::<f32>().unwrap(),
+            &[7.0, -4.0, 6.0, 1.0, 5.0, 6.0, 3.0, 1.5, 3.0, 1.5, 3.0, 1.5],
         );
     }
 

@@ -199,7 +199,7 @@ fn batch_size_and_order_do_not_change_embeddings(case: &Case) {
     let texts = case.texts();
     let options = st_pooling::EncodeOptions {
         batch_size: 3,
-        on_batch: None,
+        ..Default::default()
     };
     let small = case
         .encoder
