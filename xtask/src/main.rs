@@ -34,7 +34,8 @@ commands:
   setup-libtorch [--cuda]
                       fetch libtorch 2.9.0 for the tch backend (CPU-only by default, ~0.9 GB;
                       --cuda: the full CUDA build, ~4 GB) and print the LIBTORCH to build with
-  reference [MODEL]   rewrite the parity fixtures (crates/st-pooling/tests/fixtures, and the tiny
+  reference [MODEL]   rewrite the parity fixtures (crates/st-pooling/tests/fixtures, st-cli's
+                      encode_features fixtures for the default model, and the tiny
                       pytorch_model.bin in crates/st-backbone/tests/fixtures) from Python
   bench [--quick] [--json] [--threads N] [--backends LIST]
                       st vs Python sentence-transformers: encode throughput (fp32 and bf16),
@@ -70,6 +71,9 @@ const EXPERIMENT_TABLES: &[&str] = &[
 
 /// The Python packages the reference side pins: the versions the fixtures were made with.
 const PY_REQUIREMENTS: &[&str] = &["torch==2.9.0", "sentence-transformers==6.2.0"];
+/// The ONNX Runtime environment bench compares with (see `pyenv::pyenv_onnx`): the newest
+/// sentence-transformers whose ONNX extra resolves (optimum pins transformers 4.x).
+const ONNX_REQUIREMENTS: &[&str] = &["torch==2.9.0", "sentence-transformers[onnx]==5.2.0"];
 
 fn main() {
     if let Err(e) = run() {
@@ -287,6 +291,15 @@ fn reference(model: &str) -> Result<()> {
             .arg(&dir)
             .arg(&out),
     )?;
+    if model == st_hub::DEFAULT_MODEL {
+        // st-cli's --truncate-dim / --precision / prompt / search fixtures.
+        status(
+            Command::new(&python)
+                .arg(workspace_root().join("xtask/py/encode_features.py"))
+                .arg(&dir)
+                .arg(workspace_root().join("crates/st-cli/tests/fixtures")),
+        )?;
+    }
     let tiny = workspace_root().join("crates/st-backbone/tests/fixtures/tiny_bin");
     status(
         Command::new(&python)
@@ -420,24 +433,19 @@ fn bench_command(args: &[String]) -> Result<()> {
             .map(|b| b.trim().to_string())
             .filter(|b| !b.is_empty() && b != "flex"),
     );
-    let dir = download(st_hub::DEFAULT_MODEL)?;
+    let minilm = download(st_hub::DEFAULT_MODEL)?;
+    let mpnet = download("sentence-transformers/all-mpnet-base-v2")?;
     let python = pyenv()?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    // flex is measured on the default build (what `cargo install` gives: no libtorch
-    // to load at start-up), the other backends on a build with their features.
-    status(cargo().args(["build", "--release", "-p", "st-cli", "--bin", "st"]))?;
+    let onnx_python = pyenv::pyenv_onnx()?;
     let bench_dir = workspace_root().join("target/bench");
     std::fs::create_dir_all(&bench_dir)?;
+    // Private copies: other builds may replace target/release/st while this runs. flex is
+    // measured on the default build (what `cargo install` gives: no libtorch to load at
+    // start-up), the other backends on a build with their features.
     let flex_st = bench_dir.join("st-flex");
-    std::fs::copy(target.join("release/st"), &flex_st)?;
-    if backends.len() > 1 {
-        let mut build = cargo();
-        build.args(["build", "--release", "-p", "st-cli", "--bin", "st"]);
-        with_backends(&mut build, &backends.join(","))?;
-        status(&mut build)?;
-    }
+    let st = bench_dir.join("st-backends");
+    build_st("flex", &flex_st)?;
+    build_st(&backends.join(","), &st)?;
     if backends.iter().any(|b| b == "wgpu") {
         // SAFETY: single-threaded here; the benchmarked processes inherit it.
         unsafe { std::env::set_var("XDG_RUNTIME_DIR", backends::runtime_dir()?) };
@@ -449,10 +457,31 @@ fn bench_command(args: &[String]) -> Result<()> {
         backends,
         flex_st,
     };
-    // Private copies: other builds may replace target/release/st while this runs.
-    let st = bench_dir.join("st-backends");
-    std::fs::copy(target.join("release/st"), &st)?;
-    bench::run(&workspace_root(), &dir, &python, &st, &settings)
+    let paths = bench::Paths {
+        root: workspace_root(),
+        minilm,
+        mpnet,
+        python,
+        onnx_python,
+        st,
+    };
+    bench::run(&settings, &paths)
+}
+
+/// A release `st` with `backends` compiled in, copied to `to`.
+fn build_st(backends: &str, to: &Path) -> Result<()> {
+    let mut build = cargo();
+    build.args(["build", "--release", "-p", "st-cli", "--bin", "st"]);
+    if backends != "flex" {
+        with_backends(&mut build, backends)?;
+    }
+    status(&mut build)?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    std::fs::copy(target.join("release/st"), to)
+        .with_context(|| format!("copying st to {}", to.display()))?;
+    Ok(())
 }
 
 /// `cargo xtask experiments [TABLE...] [--backend NAME] [--seeds LIST]`.

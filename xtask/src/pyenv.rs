@@ -12,17 +12,38 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{PY_REQUIREMENTS, status, workspace_root};
+use crate::{ONNX_REQUIREMENTS, PY_REQUIREMENTS, status, workspace_root};
 
-/// The CPU-only environment; reused while its stamp matches what it should hold.
+/// The reference environment: sentence-transformers on CPU-only torch.
 pub fn pyenv() -> Result<PathBuf> {
-    let venv = st_hub::st_home().join("pyenv");
-    let wanted = format!("cpu\n{}", PY_REQUIREMENTS.join("\n"));
+    cpu_env(
+        "pyenv",
+        PY_REQUIREMENTS,
+        "CPU-only torch + sentence-transformers",
+    )
+}
+
+/// sentence-transformers on ONNX Runtime, for bench's ONNX columns. It gets its own
+/// environment because `optimum`, which the ONNX backend needs, pins transformers 4.x, which
+/// sentence-transformers 6 does not accept; torch (the same CPU-only build) exports the model.
+pub fn pyenv_onnx() -> Result<PathBuf> {
+    cpu_env(
+        "pyenv-onnx",
+        ONNX_REQUIREMENTS,
+        "CPU-only torch + sentence-transformers on ONNX Runtime",
+    )
+}
+
+/// `$ST_HOME/NAME`: CPU-only torch (from the cached wheels) plus `requirements` resolved
+/// without CUDA, reused while its stamp lists the same requirements.
+fn cpu_env(name: &str, requirements: &[&str], what: &str) -> Result<PathBuf> {
+    let venv = st_hub::st_home().join(name);
+    let wanted = format!("cpu\n{}", requirements.join("\n"));
     if let Some(python) = reuse(&venv, &wanted) {
         return Ok(python);
     }
     eprintln!(
-        "creating the Python reference environment in {} (CPU-only torch + sentence-transformers)",
+        "creating a Python environment in {} ({what})",
         venv.display()
     );
     let python = create(&venv)?;
@@ -33,7 +54,7 @@ pub fn pyenv() -> Result<PathBuf> {
             .args(&wheels),
     )?;
     status(Command::new(&python).arg(workspace_root().join("xtask/py/cpu_torch.py")))?;
-    let others: Vec<&str> = PY_REQUIREMENTS
+    let others: Vec<&str> = requirements
         .iter()
         .copied()
         .filter(|r| !r.starts_with("torch=="))
@@ -49,7 +70,6 @@ pub fn pyenv() -> Result<PathBuf> {
     Ok(python)
 }
 
-/// The full CUDA torch (~4 GB), in `$ST_HOME/pyenv-cuda`.
 pub fn pyenv_cuda() -> Result<PathBuf> {
     let venv = st_hub::st_home().join("pyenv-cuda");
     let wanted = format!("cuda\n{}", PY_REQUIREMENTS.join("\n"));

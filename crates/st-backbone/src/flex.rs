@@ -22,11 +22,13 @@ impl EncoderBackend for Flex {
         attn: &BertSelfAttention<Flex>,
         x: Tensor<Flex, 3>,
         key_padding: Tensor<Flex, 2, Bool>,
+        position_bias: Option<Tensor<Flex, 4>>,
     ) -> Tensor<Flex, 3> {
         let projections = [&attn.query, &attn.key, &attn.value];
         let with_bias = projections.iter().filter(|l| l.bias.is_some()).count();
-        if x.dtype() != DType::F32 || (with_bias != 0 && with_bias != 3) {
-            return attn.forward(x, key_padding);
+        let f32_bias = position_bias.as_ref().is_none_or(|b| b.dtype() == DType::F32);
+        if x.dtype() != DType::F32 || !f32_bias || (with_bias != 0 && with_bias != 3) {
+            return attn.forward_with_position_bias(x, key_padding, position_bias);
         }
         let [batch, seq, hidden] = x.dims();
         let shape = AttentionShape {
@@ -35,6 +37,7 @@ impl EncoderBackend for Flex {
             num_heads: attn.num_heads(),
             head_dim: hidden / attn.num_heads(),
         };
+        let positions = position_bias.map(f32_values);
         let key_bias: Vec<f32> = key_padding
             .into_data()
             .iter::<bool>()
@@ -56,7 +59,11 @@ impl EncoderBackend for Flex {
             v: f32_slice(&v),
             row_stride: hidden,
         };
-        st_kernels::attention(parts, &key_bias, shape, &mut context);
+        let bias = st_kernels::ScoreBias {
+            keys: &key_bias,
+            positions: positions.as_ref().map(f32_slice),
+        };
+        st_kernels::attention(parts, bias, shape, &mut context);
         from_vec(context, [batch, seq, hidden])
     }
 

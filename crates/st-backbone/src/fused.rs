@@ -26,13 +26,15 @@ pub trait EncoderBackend: Backend {
     const FAST_HALF_FLOATS: bool = true;
 
     /// Multi-head self-attention: `x` `[batch, seq, hidden]`, `key_padding` `[batch, seq]`
-    /// (true on padded keys) → context `[batch, seq, hidden]`, before the output projection.
+    /// (true on padded keys), `position_bias` `[1, heads, seq, seq]` added to the scaled scores
+    /// (MPNet) → context `[batch, seq, hidden]`, before the output projection.
     fn self_attention(
         attn: &BertSelfAttention<Self>,
         x: Tensor<Self, 3>,
         key_padding: Tensor<Self, 2, Bool>,
+        position_bias: Option<Tensor<Self, 4>>,
     ) -> Tensor<Self, 3> {
-        attn.forward(x, key_padding)
+        attn.forward_with_position_bias(x, key_padding, position_bias)
     }
 
     /// `LayerNorm(dense(hidden) + residual)`: the end of the attention and feed-forward blocks.

@@ -259,8 +259,8 @@ pub struct BertLayer<B: Backend> {
 
 impl<B: EncoderBackend> BertLayer<B> {
     /// Runs through the backend's fused operations ([`EncoderBackend`]); their defaults are the
-    /// sub-modules' own `forward`, which training (autodiff) uses. With a `position_bias`
-    /// (MPNet) attention runs the composed code, which adds it.
+    /// sub-modules' own `forward`, which training (autodiff) uses. `position_bias`: MPNet's
+    /// `[1, heads, seq, seq]` relative-position bias.
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
@@ -268,10 +268,7 @@ impl<B: EncoderBackend> BertLayer<B> {
         position_bias: Option<Tensor<B, 4>>,
     ) -> Tensor<B, 3> {
         let self_attn = &self.attention.self_attn;
-        let attended = match position_bias {
-            Some(bias) => self_attn.forward_with_position_bias(x.clone(), key_padding, Some(bias)),
-            None => B::self_attention(self_attn, x.clone(), key_padding),
-        };
+        let attended = B::self_attention(self_attn, x.clone(), key_padding, position_bias);
         let x = B::self_output(&self.attention.output, attended, x);
         let expanded = B::intermediate(&self.intermediate, x.clone());
         B::self_output(&self.output, expanded, x)

@@ -35,18 +35,28 @@ pub struct Qkv<'a> {
     pub row_stride: usize,
 }
 
-/// Self-attention for every sequence and head. `key_bias`: `[batch, seq]`, added to every
-/// score for that key (0 for real tokens, −∞ for padding). `out`: `[batch·seq, hidden]`,
-/// row-major. A query whose keys are all masked gets zeros. At [`Level::active`].
-pub fn attention(qkv: Qkv<'_>, key_bias: &[f32], shape: AttentionShape, out: &mut [f32]) {
-    attention_at(Level::active(), qkv, key_bias, shape, out)
+/// What is added to the scaled scores `q·kᵀ/√d` before the softmax.
+#[derive(Debug, Clone, Copy)]
+pub struct ScoreBias<'a> {
+    /// `[batch, seq]`: added to every score of that key (0 for real tokens, −∞ for padding).
+    pub keys: &'a [f32],
+    /// `[num_heads, seq, seq]` (query-major), shared by every sequence: MPNet's
+    /// relative-position bias. `None` for BERT.
+    pub positions: Option<&'a [f32]>,
+}
+
+/// Self-attention for every sequence and head: `softmax(q·kᵀ/√d + bias)·v`. `out`:
+/// `[batch·seq, hidden]`, row-major. A query whose keys are all masked gets zeros. At
+/// [`Level::active`].
+pub fn attention(qkv: Qkv<'_>, bias: ScoreBias<'_>, shape: AttentionShape, out: &mut [f32]) {
+    attention_at(Level::active(), qkv, bias, shape, out)
 }
 
 /// [`attention`] at a given level (tests force each one).
 pub fn attention_at(
     level: Level,
     qkv: Qkv<'_>,
-    key_bias: &[f32],
+    bias: ScoreBias<'_>,
     shape: AttentionShape,
     out: &mut [f32],
 ) {
@@ -69,10 +79,17 @@ pub fn attention_at(
         );
     }
     assert_eq!(
-        key_bias.len(),
+        bias.keys.len(),
         tokens,
-        "attention: key_bias must be [batch, seq]"
+        "attention: the key bias must be [batch, seq]"
     );
+    if let Some(positions) = bias.positions {
+        assert_eq!(
+            positions.len(),
+            shape.num_heads * shape.seq * shape.seq,
+            "attention: the position bias must be [num_heads, seq, seq]"
+        );
+    }
     assert_eq!(
         out.len(),
         tokens * hidden,
@@ -84,10 +101,13 @@ pub fn attention_at(
     out.par_chunks_mut(seq * hidden)
         .enumerate()
         .for_each(|(b, out)| {
-            let bias = &key_bias[b * seq..(b + 1) * seq];
+            let sequence_bias = ScoreBias {
+                keys: &bias.keys[b * seq..(b + 1) * seq],
+                positions: bias.positions,
+            };
             let mut scratch = Scratch::new(shape);
             for h in 0..shape.num_heads {
-                one_head(level, qkv, bias, shape, b, h, &mut scratch, out);
+                one_head(level, qkv, sequence_bias, shape, b, h, &mut scratch, out);
             }
         });
 }
@@ -137,7 +157,7 @@ multiversion! {
     #[allow(clippy::too_many_arguments)]
     fn one_head(
         qkv: Qkv<'_>,
-        bias: &[f32],
+        bias: ScoreBias<'_>,
         shape: AttentionShape,
         b: usize,
         h: usize,
@@ -148,11 +168,12 @@ multiversion! {
 
 /// Sequence `b`, head `h`: gathers the head's keys (transposed) and values once, then runs
 /// [`ROWS`] query rows at a time through scores, softmax and the weighted sum of values.
+/// `bias.keys` is this sequence's `[seq]`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn one_head_portable(
     qkv: Qkv<'_>,
-    bias: &[f32],
+    bias: ScoreBias<'_>,
     shape: AttentionShape,
     b: usize,
     h: usize,
@@ -171,7 +192,7 @@ fn one_head_portable(
         }
         scratch.values[j * dim_pad..j * dim_pad + d].copy_from_slice(&qkv.v[at(j)..at(j) + d]);
     }
-    scratch.bias[..seq].copy_from_slice(bias);
+    scratch.bias[..seq].copy_from_slice(bias.keys);
     let scale = 1.0 / (d as f32).sqrt();
     for first in (0..seq).step_by(ROWS) {
         // Rows past the sequence's end repeat its last row; their results are dropped.
@@ -182,6 +203,9 @@ fn one_head_portable(
             }
         }
         scores_block(scratch);
+        if let Some(positions) = bias.positions {
+            add_position_bias(&mut scratch.scores, &positions[h * seq * seq..], seq, first);
+        }
         let inv_totals = softmax_rows(&mut scratch.scores, seq_pad);
         for (j, p) in scratch.probs.iter_mut().enumerate() {
             for (r, p) in p.iter_mut().enumerate() {
@@ -223,6 +247,19 @@ fn scores_block(scratch: &mut Scratch) {
             for l in 0..CHUNK {
                 row[l] = acc[l] + bias[l];
             }
+        }
+    }
+}
+
+/// Adds each block row's `[seq]` slice of the head's `[seq, seq]` position bias (rows past the
+/// sequence's end repeat its last row, as their queries do).
+#[inline(always)]
+fn add_position_bias(scores: &mut [f32], head_bias: &[f32], seq: usize, first: usize) {
+    let seq_pad = scores.len() / ROWS;
+    for (r, row) in scores.chunks_exact_mut(seq_pad).enumerate() {
+        let i = (first + r).min(seq - 1);
+        for (s, &b) in row[..seq].iter_mut().zip(&head_bias[i * seq..(i + 1) * seq]) {
+            *s += b;
         }
     }
 }

@@ -10,7 +10,8 @@
 //! Stable Rust only: `std::arch` intrinsics behind `#[target_feature]`, no C, no nightly.
 //!
 //! fp32 kernels (each with an `_at(level, ..)` twin that forces a level):
-//! - [`attention`]: multi-head self-attention read from and written to token-major rows.
+//! - [`attention`]: multi-head self-attention read from and written to token-major rows, with
+//!   an optional per-head position bias (MPNet).
 //! - [`add_bias`]: bias add in place.
 //! - [`bias_gelu`]: bias + exact GELU in place.
 //! - [`bias_residual_layer_norm`]: bias + residual + LayerNorm in place.
@@ -24,7 +25,7 @@ mod layer_norm;
 mod math;
 mod multiversion;
 
-pub use attention::{AttentionShape, Qkv, attention, attention_at};
+pub use attention::{AttentionShape, Qkv, ScoreBias, attention, attention_at};
 pub use bias::{add_bias, add_bias_at};
 pub use dispatch::Level;
 pub use gelu::{bias_gelu, bias_gelu_at};

@@ -2,7 +2,7 @@
 //! awkward shapes: sequences of 1, 2 and 257, widths that are not a multiple of 16, and a batch
 //! with one long row among short ones.
 
-use st_kernels::{AttentionShape, LayerNormParams, Level, Qkv};
+use st_kernels::{AttentionShape, LayerNormParams, Level, Qkv, ScoreBias};
 
 /// SplitMix64 → uniform floats in [-scale, scale].
 fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
@@ -118,8 +118,15 @@ fn bias_residual_layer_norm_matches_reference_at_every_level() {
     }
 }
 
-/// Plain attention in f64 over `[tokens, stride]` rows; `lens[b]` real keys per sequence.
-fn attention_reference(qkv: &[f32], stride: usize, lens: &[usize], s: AttentionShape) -> Vec<f64> {
+/// Plain attention in f64 over `[tokens, stride]` rows; `lens[b]` real keys per sequence;
+/// `positions`: `[heads, seq, seq]` added to the scaled scores.
+fn attention_reference(
+    qkv: &[f32],
+    stride: usize,
+    lens: &[usize],
+    s: AttentionShape,
+    positions: Option<&[f32]>,
+) -> Vec<f64> {
     let hidden = s.num_heads * s.head_dim;
     let at = |t: usize, part: usize, h: usize, c: usize| {
         qkv[t * stride + part * hidden + h * s.head_dim + c] as f64
@@ -132,10 +139,13 @@ fn attention_reference(qkv: &[f32], stride: usize, lens: &[usize], s: AttentionS
                 let scores: Vec<f64> = (0..len)
                     .map(|j| {
                         let kj = b * s.seq + j;
+                        let position =
+                            positions.map_or(0.0, |p| p[(h * s.seq + i) * s.seq + j] as f64);
                         (0..s.head_dim)
                             .map(|c| at(qi, 0, h, c) * at(kj, 1, h, c))
                             .sum::<f64>()
                             / (s.head_dim as f64).sqrt()
+                            + position
                     })
                     .collect();
                 let top = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -183,22 +193,29 @@ fn attention_matches_reference_at_every_level() {
                 }
             })
             .collect();
-        let want = attention_reference(&qkv, stride, &lens, shape);
-        for level in levels() {
-            let mut got = vec![f32::NAN; batch * seq * hidden];
-            let parts = Qkv {
-                q: &qkv,
-                k: &qkv[hidden..],
-                v: &qkv[2 * hidden..],
-                row_stride: stride,
-            };
-            st_kernels::attention_at(level, parts, &key_bias, shape, &mut got);
-            assert_close(
-                &got,
-                &want,
-                2e-5,
-                &format!("attention {shape:?} at {level}"),
-            );
+        // Without and with a position bias (MPNet's), which must reach every head and row.
+        let positions = random(num_heads * seq * seq, 12, 2.0);
+        for positions in [None, Some(positions.as_slice())] {
+            let want = attention_reference(&qkv, stride, &lens, shape, positions);
+            for level in levels() {
+                let mut got = vec![f32::NAN; batch * seq * hidden];
+                let parts = Qkv {
+                    q: &qkv,
+                    k: &qkv[hidden..],
+                    v: &qkv[2 * hidden..],
+                    row_stride: stride,
+                };
+                let bias = ScoreBias {
+                    keys: &key_bias,
+                    positions,
+                };
+                st_kernels::attention_at(level, parts, bias, shape, &mut got);
+                let what = format!(
+                    "attention {shape:?}, position bias {}, at {level}",
+                    positions.is_some()
+                );
+                assert_close(&got, &want, 2e-5, &what);
+            }
         }
     }
 }
@@ -219,7 +236,11 @@ fn a_fully_masked_query_gets_zeros() {
         v: &q,
         row_stride: 3,
     };
-    st_kernels::attention(parts, &[f32::NEG_INFINITY; 2], shape, &mut out);
+    let bias = ScoreBias {
+        keys: &[f32::NEG_INFINITY; 2],
+        positions: Some(&[1.0; 4]),
+    };
+    st_kernels::attention(parts, bias, shape, &mut out);
     assert_eq!(out, vec![0.0; 6]);
 }
 
