@@ -1,7 +1,8 @@
 //! `cargo xtask e2e`: the whole user journey with the release `st` binary, checked step by step.
 //!
 //! fetch the weights → `st encode` + `st similarity` on the seed's six sentences → `st eval sts`
-//! on STS-B test (82.03 ± 0.1) → a short multi-task run (task A: TREC question type, task B:
+//! on STS-B test (82.03 ± 0.1), and all-mpnet-base-v2's equal to Python's on the same weights
+//! (± 0.05) → a short multi-task run (task A: TREC question type, task B:
 //! SST-2 sentiment) → `st eval` above floors measured from real runs → `st predict` → Python
 //! sentence-transformers reloads the trained folder and embeds like `st` → a token-classification
 //! run on SNIPS (intents + slots) whose saved checkpoint must be the best by slot F1 and clear
@@ -22,6 +23,9 @@ pub const SEED_SENTENCES: [&str; 6] = [
     "A woman is playing violin.",
     "Two men pushed carts through the woods.",
 ];
+
+/// The second family checked on STS-B (MPNet: relative-position bias, offset positions).
+const MPNET: &str = "sentence-transformers/all-mpnet-base-v2";
 
 /// Published Spearman ×100 of all-MiniLM-L6-v2 on STS-B test, and the tolerance.
 const STS_TARGET: (f64, f64) = (82.03, 0.1);
@@ -117,6 +121,8 @@ pub struct E2e<'a> {
     pub backend: &'a str,
     pub datasets: PathBuf,
     pub work: PathBuf,
+    /// The reference environment's Python (`cargo xtask pyenv`).
+    pub python: PathBuf,
 }
 
 impl E2e<'_> {
@@ -186,6 +192,44 @@ impl E2e<'_> {
             parts.push(format!("{task} {metric} {value:.3} (floor {floor})"));
         }
         Ok(parts.join(", "))
+    }
+
+    /// all-mpnet-base-v2 on STS-B test: `st eval sts` must give Python sentence-transformers'
+    /// figure on the same weights (computed here, xtask/py/sts_eval.py) within 0.05.
+    fn mpnet_sts(&self) -> Result<String> {
+        let model = st_hub::resolve(MPNET, &mut |m| eprintln!("{m}"))?;
+        let data = self.datasets.join("stsb/sts-test.csv");
+        let spearman = |json: &str| -> Result<f64> {
+            let line = json.lines().last().context("no output")?;
+            let v: serde_json::Value = serde_json::from_str(line)?;
+            v["spearman_cosine"].as_f64().context("no spearman_cosine")
+        };
+        let ours = spearman(&self.st(&[
+            "eval",
+            "sts",
+            "--model",
+            model.to_str().context("path")?,
+            "--data",
+            data.to_str().context("path")?,
+            "--json",
+        ])?)?;
+        let out = Command::new(&self.python)
+            .arg(crate::workspace_root().join("xtask/py/sts_eval.py"))
+            .arg(&model)
+            .arg(&data)
+            .output()
+            .context("running xtask/py/sts_eval.py")?;
+        if !out.status.success() {
+            bail!(
+                "sts_eval.py failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let theirs = spearman(&String::from_utf8_lossy(&out.stdout))?;
+        if (ours - theirs).abs() > 0.05 {
+            bail!("Spearman ×100 = {ours:.3}, Python {theirs:.3}: more than 0.05 apart");
+        }
+        Ok(format!("Spearman ×100 = {ours:.3}, Python {theirs:.3}"))
     }
 
     pub fn run(
@@ -277,6 +321,8 @@ impl E2e<'_> {
             }
             Ok(format!("Spearman ×100 = {score:.2} (published {target})"))
         });
+
+        record("mpnet sts", &mut || self.mpnet_sts());
 
         let trained_ok = record("train", &mut || {
             let config = self.work.join("e2e-train.toml");

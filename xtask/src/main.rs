@@ -35,8 +35,9 @@ commands:
                       fetch libtorch 2.9.0 for the tch backend (CPU-only by default, ~0.9 GB;
                       --cuda: the full CUDA build, ~4 GB) and print the LIBTORCH to build with
   reference [MODEL]   rewrite the parity fixtures (crates/st-pooling/tests/fixtures, st-cli's
-                      encode_features fixtures for the default model, and the tiny
-                      pytorch_model.bin in crates/st-backbone/tests/fixtures) from Python
+                      encode_features fixtures for the default model, the tiny
+                      pytorch_model.bin and the tiny RoBERTa / XLM-R / DistilBERT folders
+                      in crates/st-backbone/tests/fixtures) from Python
   bench [--quick] [--json] [--threads N] [--backends LIST]
                       st vs Python sentence-transformers: encode throughput (fp32 and bf16),
                       cold start, peak RSS, training step, compute ceiling (FLOPs per sentence
@@ -132,6 +133,7 @@ fn run() -> Result<()> {
                 backend: &backend,
                 datasets: datasets_root(e2e::DATASETS)?,
                 work: workspace_root().join("target/e2e"),
+                python: pyenv()?,
             };
             e2e.run(&dir, &|trained| {
                 python_check_with(trained, &st)?;
@@ -300,11 +302,31 @@ fn reference(model: &str) -> Result<()> {
                 .arg(workspace_root().join("crates/st-cli/tests/fixtures")),
         )?;
     }
-    let tiny = workspace_root().join("crates/st-backbone/tests/fixtures/tiny_bin");
+    let fixtures = workspace_root().join("crates/st-backbone/tests/fixtures");
     status(
         Command::new(&python)
             .arg(workspace_root().join("xtask/py/tiny_bin.py"))
-            .arg(&tiny),
+            .arg(fixtures.join("tiny_bin")),
+    )?;
+    // Tiny random RoBERTa, XLM-R and DistilBERT folders and their PyTorch outputs
+    // (crates/st-backbone/tests/families.rs): no real checkpoint of them is reachable offline.
+    let script = workspace_root().join("xtask/py/tiny_families.py");
+    status(Command::new(&python).arg(&script).arg(&fixtures))?;
+    // The same folders saved back by st must load in Python (`AutoModel`) as the right class
+    // and compute the same hidden states.
+    let saved = workspace_root().join("target/families-saved");
+    let _ = std::fs::remove_dir_all(&saved);
+    status(
+        cargo()
+            .args(["test", "-p", "st-backbone", "--test", "families"])
+            .env("ST_FAMILIES_SAVED", &saved),
+    )?;
+    status(
+        Command::new(&python)
+            .arg(&script)
+            .arg("--check")
+            .arg(&saved)
+            .arg(&fixtures),
     )
 }
 

@@ -29,16 +29,27 @@ pub enum Architecture {
     /// types, and a relative-position bias added to every layer's attention scores
     /// (see `mpnet.rs`).
     MPNet,
+    /// `RobertaModel`: BERT's layers; positions count from `padding_idx + 1` and padding tokens
+    /// take `padding_idx` (see `roberta.rs`); one token type.
+    Roberta,
+    /// `XLMRobertaModel`: RoBERTa's architecture with a sentencepiece (Unigram) vocabulary.
+    XlmRoberta,
+    /// `DistilBertModel`: BERT's layers under other names, positions from 0, no token types,
+    /// no pooler, its own `config.json` field names (see `distilbert.rs`).
+    DistilBert,
 }
 
 impl Architecture {
     /// The `model_type` values st-backbone implements, as `config.json` spells them.
-    pub const NAMES: &[&str] = &["bert", "mpnet"];
+    pub const NAMES: &[&str] = &["bert", "mpnet", "roberta", "xlm-roberta", "distilbert"];
 
     fn from_model_type(name: &str) -> Option<Self> {
         match name {
             "bert" => Some(Self::Bert),
             "mpnet" => Some(Self::MPNet),
+            "roberta" => Some(Self::Roberta),
+            "xlm-roberta" => Some(Self::XlmRoberta),
+            "distilbert" => Some(Self::DistilBert),
             _ => None,
         }
     }
@@ -48,6 +59,9 @@ impl Architecture {
         match self {
             Self::Bert => "BertModel",
             Self::MPNet => "MPNetModel",
+            Self::Roberta => "RobertaModel",
+            Self::XlmRoberta => "XLMRobertaModel",
+            Self::DistilBert => "DistilBertModel",
         }
     }
 }
@@ -60,7 +74,7 @@ impl Architecture {
 /// as in `transformers.BertConfig`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BertConfig {
-    /// `"bert"` or `"mpnet"` ([`Architecture`]); other families are refused.
+    /// One of [`Architecture::NAMES`]; other families are refused.
     #[serde(default = "default_model_type")]
     pub model_type: String,
     #[serde(default = "d_vocab")]
@@ -145,18 +159,39 @@ impl BertConfig {
         Architecture::from_model_type(&self.model_type).unwrap_or(Architecture::Bert)
     }
 
-    /// Whether the model adds token-type (segment) embeddings: BERT does, MPNet has none.
+    /// Whether the model adds token-type (segment) embeddings: BERT and RoBERTa (a table of one
+    /// row, `type_vocab_size` 1) do; MPNet and DistilBERT have none.
     pub fn has_token_types(&self) -> bool {
-        self.architecture() == Architecture::Bert
+        use Architecture::*;
+        matches!(self.architecture(), Bert | Roberta | XlmRoberta)
     }
 
-    /// The position id of the first token. MPNet (like RoBERTa) numbers positions from
-    /// `padding_idx + 1`, with Hugging Face's `padding_idx` fixed at 1: 2, 3, ...
+    /// The position id of the first token. MPNet numbers positions from `padding_idx + 1`, with
+    /// Hugging Face's `padding_idx` fixed at 1: 2, 3, ...; RoBERTa and XLM-R from
+    /// `pad_token_id + 1` (also 2 in every published checkpoint).
     pub fn position_offset(&self) -> usize {
         match self.architecture() {
-            Architecture::Bert => 0,
+            Architecture::Bert | Architecture::DistilBert => 0,
             Architecture::MPNet => 2,
+            Architecture::Roberta | Architecture::XlmRoberta => self.pad_token_id + 1,
         }
+    }
+
+    /// RoBERTa's `padding_idx`: tokens equal to it take that position id and the others count
+    /// on from it (`create_position_ids_from_input_ids`). `None`: positions are plain offsets.
+    pub fn position_padding_idx(&self) -> Option<usize> {
+        matches!(
+            self.architecture(),
+            Architecture::Roberta | Architecture::XlmRoberta
+        )
+        .then_some(self.pad_token_id)
+    }
+
+    /// The longest input the position table covers, special tokens included: the table's
+    /// rows past [`position_offset`](Self::position_offset) (512 for roberta-base's 514).
+    pub fn max_sequence_length(&self) -> usize {
+        self.max_position_embeddings
+            .saturating_sub(self.position_offset())
     }
 
     /// Floating-point operations (multiply and add counted apart) of one forward pass over a
@@ -186,12 +221,18 @@ impl BertConfig {
         })
     }
 
-    /// Parses and validates the text of a `config.json`.
+    /// Parses and validates the text of a `config.json`. DistilBERT's own field names (`dim`,
+    /// `n_layers`, ...) are translated to BERT's first (`distilbert.rs`).
     pub fn from_json(text: &str) -> Result<Self, BackboneError> {
-        let config: Self = serde_json::from_str(text).map_err(|e| BackboneError::Config {
+        let fail = |e: serde_json::Error| BackboneError::Config {
             path: "config.json".into(),
             message: e.to_string(),
-        })?;
+        };
+        let mut value: serde_json::Value = serde_json::from_str(text).map_err(fail)?;
+        if value.get("model_type").and_then(|t| t.as_str()) == Some("distilbert") {
+            crate::distilbert::to_bert_names(&mut value);
+        }
+        let config: Self = serde_json::from_value(value).map_err(fail)?;
         config.validate()?;
         Ok(config)
     }
@@ -225,13 +266,14 @@ impl BertConfig {
                     ));
                 }
             }
-            if self.max_position_embeddings <= self.position_offset() {
-                return fail(format!(
-                    "field `max_position_embeddings` ({}) leaves no position past MPNet's offset {}",
-                    self.max_position_embeddings,
-                    self.position_offset()
-                ));
-            }
+        }
+        if self.position_offset() > 0 && self.max_position_embeddings <= self.position_offset() {
+            return fail(format!(
+                "field `max_position_embeddings` ({}) leaves no position past {}'s offset {}",
+                self.max_position_embeddings,
+                architecture.hf_class(),
+                self.position_offset()
+            ));
         }
         if let Some(kind) = &self.position_embedding_type
             && kind != "absolute"
@@ -332,9 +374,51 @@ mod tests {
 
     #[test]
     fn other_families_are_refused_by_name() {
-        let err = BertConfig::from_json(r#"{"model_type":"roberta"}"#).unwrap_err();
+        let err = BertConfig::from_json(r#"{"model_type":"deberta-v2"}"#).unwrap_err();
         assert!(err.to_string().contains("model_type"), "{err}");
-        assert!(err.to_string().contains("roberta"), "{err}");
+        assert!(err.to_string().contains("deberta-v2"), "{err}");
+        // The refusal lists what is supported.
+        for name in Architecture::NAMES {
+            assert!(err.to_string().contains(name), "{err}");
+        }
+    }
+
+    #[test]
+    fn roberta_positions_start_past_padding() {
+        let c = BertConfig::from_json(
+            r#"{"model_type":"roberta","pad_token_id":1,"max_position_embeddings":514,
+                "type_vocab_size":1}"#,
+        )
+        .unwrap();
+        assert_eq!(c.architecture(), Architecture::Roberta);
+        assert_eq!(
+            (c.position_offset(), c.position_padding_idx()),
+            (2, Some(1))
+        );
+        assert_eq!(c.max_sequence_length(), 512);
+        assert!(c.has_token_types());
+    }
+
+    #[test]
+    fn distilbert_names_map_to_bert_fields() {
+        let c = BertConfig::from_json(
+            r#"{"model_type":"distilbert","dim":64,"n_layers":3,"n_heads":4,"hidden_dim":37,
+                "activation":"relu","dropout":0.2,"attention_dropout":0.3,
+                "max_position_embeddings":512,"vocab_size":100}"#,
+        )
+        .unwrap();
+        assert_eq!(c.architecture(), Architecture::DistilBert);
+        assert_eq!(
+            (c.hidden_size, c.num_hidden_layers, c.num_attention_heads),
+            (64, 3, 4)
+        );
+        assert_eq!((c.intermediate_size, c.hidden_act), (37, HiddenAct::Relu));
+        assert_eq!(
+            (c.hidden_dropout_prob, c.attention_probs_dropout_prob),
+            (0.2, 0.3)
+        );
+        assert!(!c.has_token_types());
+        assert_eq!(c.position_offset(), 0);
     }
 
     #[test]

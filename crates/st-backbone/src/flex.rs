@@ -26,7 +26,9 @@ impl EncoderBackend for Flex {
     ) -> Tensor<Flex, 3> {
         let projections = [&attn.query, &attn.key, &attn.value];
         let with_bias = projections.iter().filter(|l| l.bias.is_some()).count();
-        let f32_bias = position_bias.as_ref().is_none_or(|b| b.dtype() == DType::F32);
+        let f32_bias = position_bias
+            .as_ref()
+            .is_none_or(|b| b.dtype() == DType::F32);
         if x.dtype() != DType::F32 || !f32_bias || (with_bias != 0 && with_bias != 3) {
             return attn.forward_with_position_bias(x, key_padding, position_bias);
         }

@@ -1,7 +1,9 @@
 //! # st-backbone
 //!
 //! A BERT encoder written in [Burn](https://burn.dev), generic over the backend, that loads real
-//! Hugging Face checkpoints and tokenizes text exactly as sentence-transformers does.
+//! Hugging Face checkpoints and tokenizes text exactly as sentence-transformers does. The same
+//! modules run MPNet, RoBERTa / XLM-RoBERTa and DistilBERT ([`Architecture`], from
+//! `config.json`'s `model_type`).
 //!
 //! - [`BertConfig`] is deserialized straight from a model's `config.json`
 //!   (bert-base-uncased, all-MiniLM-L6-v2 and every other `BertModel` share the architecture).
@@ -51,10 +53,12 @@
 
 mod atomic;
 mod config;
+mod distilbert;
 mod flex;
 mod fused;
 mod model;
 mod mpnet;
+mod roberta;
 mod tokenizer;
 mod weights;
 

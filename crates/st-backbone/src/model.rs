@@ -1,5 +1,6 @@
 //! The whole BERT encoder in one file: embeddings, post-LN encoder layers, optional pooler.
-//! MPNet runs on the same modules with its few additions from `mpnet.rs`.
+//! MPNet, RoBERTa / XLM-R and DistilBERT run on the same modules with their few additions from
+//! `mpnet.rs`, `roberta.rs` and `distilbert.rs`.
 //!
 //! Field names follow Hugging Face's `BertModel` so checkpoint keys map one to one
 //! (`encoder.layer.3.attention.output.dense.weight`); the only renames are the ones Rust forces:
@@ -48,13 +49,17 @@ pub struct BertOutput<B: Backend> {
 pub struct BertEmbeddings<B: Backend> {
     pub word_embeddings: Embedding<B>,
     pub position_embeddings: Embedding<B>,
-    /// Absent in MPNet, which has no segments.
+    /// Absent in MPNet and DistilBERT, which have no segments.
     pub token_type_embeddings: Option<Embedding<B>>,
     pub layer_norm: LayerNorm<B>,
     pub dropout: Dropout,
     /// The first token's position id ([`BertConfig::position_offset`]).
     #[module(skip)]
     position_offset: usize,
+    /// RoBERTa's padding index ([`BertConfig::position_padding_idx`]): positions then skip
+    /// padding tokens (`roberta.rs`).
+    #[module(skip)]
+    position_padding_idx: Option<usize>,
 }
 
 impl<B: Backend> BertEmbeddings<B> {
@@ -66,9 +71,12 @@ impl<B: Backend> BertEmbeddings<B> {
         let [batch, seq] = input_ids.dims();
         let device = input_ids.device();
         let first = self.position_offset as i64;
-        let positions = Tensor::<B, 1, Int>::arange(first..first + seq as i64, &device)
-            .unsqueeze::<2>()
-            .expand([batch, seq]);
+        let positions = match self.position_padding_idx {
+            Some(padding_idx) => crate::roberta::position_ids(input_ids.clone(), padding_idx),
+            None => Tensor::<B, 1, Int>::arange(first..first + seq as i64, &device)
+                .unsqueeze::<2>()
+                .expand([batch, seq]),
+        };
         let mut embedded =
             self.word_embeddings.forward(input_ids) + self.position_embeddings.forward(positions);
         if let Some(token_types) = &self.token_type_embeddings {
@@ -303,6 +311,9 @@ pub struct BertModel<B: Backend> {
     pub embeddings: BertEmbeddings<B>,
     pub encoder: BertEncoder<B>,
     pub pooler: Option<BertPooler<B>>,
+    /// The family: fixes the key names the model saves under (`weights.rs`).
+    #[module(skip)]
+    architecture: Architecture,
 }
 
 impl BertConfig {
@@ -326,6 +337,7 @@ impl BertConfig {
             layer_norm: layer_norm(),
             dropout: hidden_dropout(),
             position_offset: self.position_offset(),
+            position_padding_idx: self.position_padding_idx(),
         };
         let layer = (0..self.num_hidden_layers)
             .map(|_| BertLayer {
@@ -373,6 +385,7 @@ impl BertConfig {
             pooler: with_pooler.then(|| BertPooler {
                 dense: linear(h, h),
             }),
+            architecture: self.architecture(),
         }
     }
 }
@@ -393,12 +406,9 @@ impl<B: Backend> BertModel<B> {
         self.encoder.layer.len()
     }
 
-    /// The family, as the modules show it: only MPNet has a relative-position table.
+    /// The family of the `config.json` the model was built from.
     pub fn architecture(&self) -> Architecture {
-        match self.encoder.relative_attention_bias {
-            Some(_) => Architecture::MPNet,
-            None => Architecture::Bert,
-        }
+        self.architecture
     }
 
     /// Width of the token embeddings.

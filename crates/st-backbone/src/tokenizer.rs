@@ -79,6 +79,8 @@ impl BertTokenizer {
             .get_padding()
             .map(|p| p.pad_id)
             .or_else(|| inner.token_to_id("[PAD]"))
+            // RoBERTa / XLM-R (id 1); their tokenizer.json seldom carries padding settings.
+            .or_else(|| inner.token_to_id("<pad>"))
             .unwrap_or(0);
         inner.with_padding(None);
         inner

@@ -35,28 +35,56 @@ const SAVE_REMAPPING: &[(&str, &str)] = &[
 
 /// Every rename from a checkpoint of `architecture` to our module paths, in order.
 pub fn load_remapping(architecture: Architecture) -> Vec<(&'static str, &'static str)> {
-    let own = match architecture {
-        Architecture::Bert => &[][..],
-        Architecture::MPNet => crate::mpnet::LOAD_REMAPPING,
-    };
-    // After the generic renames: the MPNet ones expect `layer_norm` already renamed.
-    KEY_REMAPPING.iter().chain(own).copied().collect()
+    let generic = KEY_REMAPPING.iter();
+    match architecture {
+        Architecture::Bert => generic.copied().collect(),
+        // After the generic renames: the MPNet ones expect `layer_norm` already renamed.
+        Architecture::MPNet => generic
+            .chain(crate::mpnet::LOAD_REMAPPING)
+            .copied()
+            .collect(),
+        // Before them: these turn the family's keys into BERT's Hugging Face keys.
+        Architecture::Roberta | Architecture::XlmRoberta => crate::roberta::LOAD_REMAPPING
+            .iter()
+            .chain(generic)
+            .copied()
+            .collect(),
+        Architecture::DistilBert => crate::distilbert::LOAD_REMAPPING
+            .iter()
+            .chain(generic)
+            .copied()
+            .collect(),
+    }
 }
 
 /// Every rename from our module paths to a checkpoint of `architecture`, in order.
 fn save_remapping(architecture: Architecture) -> Vec<(&'static str, &'static str)> {
-    let own = match architecture {
-        Architecture::Bert => &[][..],
-        Architecture::MPNet => crate::mpnet::SAVE_REMAPPING,
-    };
-    own.iter().chain(SAVE_REMAPPING).copied().collect()
+    match architecture {
+        Architecture::Bert | Architecture::Roberta | Architecture::XlmRoberta => {
+            SAVE_REMAPPING.to_vec()
+        }
+        Architecture::MPNet => crate::mpnet::SAVE_REMAPPING
+            .iter()
+            .chain(SAVE_REMAPPING)
+            .copied()
+            .collect(),
+        // BERT's Hugging Face keys first, then DistilBERT's names for them.
+        Architecture::DistilBert => SAVE_REMAPPING
+            .iter()
+            .chain(crate::distilbert::SAVE_REMAPPING)
+            .copied()
+            .collect(),
+    }
 }
 
 /// Keys a checkpoint may carry that are not encoder weights: buffers and task heads of other
-/// architectures (masked-LM `cls.`, sequence classification `classifier.`, QA `qa_outputs.`).
+/// architectures (masked-LM `cls.`, `lm_head.` and DistilBERT's `vocab_*`, sequence
+/// classification `classifier.` and DistilBERT's `pre_classifier.`, QA `qa_outputs.`).
 fn is_ignorable(key: &str) -> bool {
     key.ends_with("position_ids")
         || key.starts_with("cls.")
+        || key.starts_with("vocab_")
+        || key.starts_with("pre_classifier.")
         || key.starts_with("classifier.")
         || key.starts_with("qa_outputs.")
         || key.starts_with("lm_head.")
@@ -218,6 +246,11 @@ impl<B: Backend> BertModel<B> {
         std::fs::create_dir_all(dir).map_err(|e| BackboneError::io(dir, e))?;
         let mut json = serde_json::to_value(config).expect("config serializes");
         json["architectures"] = serde_json::json!([config.architecture().hf_class()]);
+        if config.architecture() == Architecture::DistilBert {
+            // DistilBertConfig reads its own field names only (`hidden_dim`, not
+            // `intermediate_size`), so a BERT-named config would load with defaults.
+            crate::distilbert::to_distilbert_names(&mut json);
+        }
         let text = serde_json::to_string_pretty(&json).expect("json serializes");
         crate::write_atomic(&dir.join("config.json"), text.as_bytes())?;
         self.save_safetensors(&dir.join("model.safetensors"))

@@ -73,12 +73,18 @@ fn fused_ops_match_composed_code() {
         assert!(max_diff(fused, composed) < 1e-5, "self_attention, {what}");
 
         // MPNet's relative-position bias: one [seq, seq] table per head.
-        let position =
-            Tensor::<B, 4>::random([1, 3, seq, seq], Distribution::Normal(0.0, 2.0), &FlexDevice);
+        let position = Tensor::<B, 4>::random(
+            [1, 3, seq, seq],
+            Distribution::Normal(0.0, 2.0),
+            &FlexDevice,
+        );
         let fused = B::self_attention(attn, x.clone(), padding.clone(), Some(position.clone()));
         let composed = attn.forward_with_position_bias(x.clone(), padding.clone(), Some(position));
         let diff = max_diff(fused, composed);
-        assert!(diff < 1e-5, "self_attention with position bias {diff}, {what}");
+        assert!(
+            diff < 1e-5,
+            "self_attention with position bias {diff}, {what}"
+        );
 
         let residual =
             Tensor::<B, 3>::random([n, seq, 36], Distribution::Normal(0.0, 1.0), &FlexDevice);

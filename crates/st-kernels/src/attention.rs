@@ -121,10 +121,11 @@ const ROWS: usize = 6;
 const CHUNK: usize = 16;
 
 /// Per-task buffers, padded to whole [`CHUNK`]s so the kernel loads fixed-size arrays: one
-/// head's keys transposed (`[head_dim, seq_pad]`, zero padded), its values (`[seq, dim_pad]`),
-/// the key bias (`[seq_pad]`, −∞ on padding), [`ROWS`] rows of scores (`[ROWS, seq_pad]`), and
-/// the block's scaled queries and probabilities interleaved by row (`[head_dim][ROWS]`,
-/// `[seq][ROWS]`) so the inner loops index nothing.
+/// head's keys transposed (`[head_dim, seq_pad]`, zero padded: lanes run over keys), its values
+/// (`[seq, dim_pad]`), the key bias (`[seq_pad]`, −∞ on padding) and [`ROWS`] rows of scores
+/// (`[ROWS, seq_pad]`). Queries and probabilities are read in place, one broadcast per element:
+/// copying them into a row-interleaved layout compiled to scatter stores, which cost more than
+/// the arithmetic they fed.
 struct Scratch {
     seq_pad: usize,
     dim_pad: usize,
@@ -132,8 +133,6 @@ struct Scratch {
     values: Vec<f32>,
     bias: Vec<f32>,
     scores: Vec<f32>,
-    queries: Vec<[f32; ROWS]>,
-    probs: Vec<[f32; ROWS]>,
 }
 
 impl Scratch {
@@ -147,8 +146,6 @@ impl Scratch {
             values: vec![0.0; shape.seq * dim_pad],
             bias: vec![f32::NEG_INFINITY; seq_pad],
             scores: vec![0.0; ROWS * seq_pad],
-            queries: vec![[0.0; ROWS]; shape.head_dim],
-            probs: vec![[0.0; ROWS]; shape.seq],
         }
     }
 }
@@ -196,24 +193,19 @@ fn one_head_portable(
     let scale = 1.0 / (d as f32).sqrt();
     for first in (0..seq).step_by(ROWS) {
         // Rows past the sequence's end repeat its last row; their results are dropped.
-        for r in 0..ROWS {
+        let queries: [&[f32]; ROWS] = std::array::from_fn(|r| {
             let i = (first + r).min(seq - 1);
-            for (q, &x) in scratch.queries.iter_mut().zip(&qkv.q[at(i)..at(i) + d]) {
-                q[r] = x * scale;
-            }
-        }
-        scores_block(scratch);
+            &qkv.q[at(i)..at(i) + d]
+        });
+        scores_block(&queries, scratch, scale);
         if let Some(positions) = bias.positions {
             add_position_bias(&mut scratch.scores, &positions[h * seq * seq..], seq, first);
         }
         let inv_totals = softmax_rows(&mut scratch.scores, seq_pad);
-        for (j, p) in scratch.probs.iter_mut().enumerate() {
-            for (r, p) in p.iter_mut().enumerate() {
-                *p = scratch.scores[r * seq_pad + j];
-            }
-        }
+        let probs: [&[f32]; ROWS] =
+            std::array::from_fn(|r| &scratch.scores[r * seq_pad..r * seq_pad + seq]);
         for d0 in (0..dim_pad).step_by(CHUNK) {
-            let sums = weighted_values(&scratch.probs, &scratch.values, dim_pad, d0);
+            let sums = weighted_values(&probs, &scratch.values, dim_pad, d0);
             let width = CHUNK.min(d - d0);
             for r in 0..ROWS.min(seq - first) {
                 let i = first + r;
@@ -226,18 +218,23 @@ fn one_head_portable(
     }
 }
 
-/// `scores[r, j] = bias[j] + q_r · k_j` (queries already scaled) for the block's rows, one
-/// [`CHUNK`] of keys at a time with every row's accumulator in registers.
+/// `scores[r, j] = scale · (q_r · k_j) + bias[j]` for the block's rows, one [`CHUNK`] of keys
+/// at a time with every row's accumulator in registers.
 #[inline(always)]
-fn scores_block(scratch: &mut Scratch) {
+fn scores_block(queries: &[&[f32]; ROWS], scratch: &mut Scratch, scale: f32) {
     let seq_pad = scratch.seq_pad;
+    let head_dim = scratch.keys_t.len() / seq_pad;
+    assert!(queries.iter().all(|q| q.len() == head_dim));
     for j0 in (0..seq_pad).step_by(CHUNK) {
         let mut acc = [[0.0f32; CHUNK]; ROWS];
-        for (keys, q) in scratch.keys_t.chunks_exact(seq_pad).zip(&scratch.queries) {
+        for (c, keys) in scratch.keys_t.chunks_exact(seq_pad).enumerate() {
             let keys: &[f32; CHUNK] = keys[j0..j0 + CHUNK].try_into().expect("padded");
             for r in 0..ROWS {
+                // SAFETY: c < head_dim, each row's length (asserted above). A checked index here
+                // kept a compare per FMA, against a length spilled to the stack.
+                let q = unsafe { *queries[r].get_unchecked(c) };
                 for l in 0..CHUNK {
-                    acc[r][l] = q[r].mul_add(keys[l], acc[r][l]);
+                    acc[r][l] = q.mul_add(keys[l], acc[r][l]);
                 }
             }
         }
@@ -245,7 +242,7 @@ fn scores_block(scratch: &mut Scratch) {
         for (r, acc) in acc.iter().enumerate() {
             let row = &mut scratch.scores[r * seq_pad + j0..][..CHUNK];
             for l in 0..CHUNK {
-                row[l] = acc[l] + bias[l];
+                row[l] = acc[l].mul_add(scale, bias[l]);
             }
         }
     }
@@ -258,7 +255,10 @@ fn add_position_bias(scores: &mut [f32], head_bias: &[f32], seq: usize, first: u
     let seq_pad = scores.len() / ROWS;
     for (r, row) in scores.chunks_exact_mut(seq_pad).enumerate() {
         let i = (first + r).min(seq - 1);
-        for (s, &b) in row[..seq].iter_mut().zip(&head_bias[i * seq..(i + 1) * seq]) {
+        for (s, &b) in row[..seq]
+            .iter_mut()
+            .zip(&head_bias[i * seq..(i + 1) * seq])
+        {
             *s += b;
         }
     }
@@ -281,20 +281,24 @@ fn softmax_rows(scores: &mut [f32], seq_pad: usize) -> [f32; ROWS] {
     inv_totals
 }
 
-/// `Σ_j p[j][r] · v[j, d0..d0 + CHUNK]` for the block's rows.
+/// `Σ_j p_r[j] · v[j, d0..d0 + CHUNK]` for the block's rows.
 #[inline(always)]
 fn weighted_values(
-    probs: &[[f32; ROWS]],
+    probs: &[&[f32]; ROWS],
     values: &[f32],
     dim_pad: usize,
     d0: usize,
 ) -> [[f32; CHUNK]; ROWS] {
     let mut acc = [[0.0f32; CHUNK]; ROWS];
-    for (v, p) in values.chunks_exact(dim_pad).zip(probs) {
+    let seq = values.len() / dim_pad;
+    assert!(probs.iter().all(|p| p.len() == seq));
+    for (j, v) in values.chunks_exact(dim_pad).enumerate() {
         let v: &[f32; CHUNK] = v[d0..d0 + CHUNK].try_into().expect("padded");
         for r in 0..ROWS {
+            // SAFETY: j < seq, each row's length (asserted above); see `scores_block`.
+            let p = unsafe { *probs[r].get_unchecked(j) };
             for l in 0..CHUNK {
-                acc[r][l] = p[r].mul_add(v[l], acc[r][l]);
+                acc[r][l] = p.mul_add(v[l], acc[r][l]);
             }
         }
     }

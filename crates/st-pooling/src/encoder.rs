@@ -121,7 +121,7 @@ impl<B: EncoderBackend> SentenceEncoder<B> {
         let max_len = st_config
             .max_seq_length
             .unwrap_or(DEFAULT_MAX_SEQ_LENGTH)
-            .min(bert_config.max_position_embeddings);
+            .min(bert_config.max_sequence_length());
         let tokenizer = BertTokenizer::from_dir(transformer_dir, max_len)?;
 
         let mut pooling = None;
@@ -228,7 +228,7 @@ impl<B: EncoderBackend> SentenceEncoder<B> {
 
     /// Changes the truncation length (capped by the model's position table).
     pub fn with_max_seq_length(mut self, max_len: usize) -> Result<Self, PoolingError> {
-        let max_len = max_len.min(self.bert_config.max_position_embeddings);
+        let max_len = max_len.min(self.bert_config.max_sequence_length());
         self.tokenizer = BertTokenizer::new(self.tokenizer.inner().clone(), max_len)?;
         Ok(self)
     }

@@ -138,10 +138,16 @@ pub struct Pooling {
     pub include_prompt: bool,
 }
 
-/// `1_Pooling/config.json` as sentence-transformers writes it.
+/// `1_Pooling/config.json` as sentence-transformers writes it: before version 6 with one
+/// `pooling_mode_*` flag per mode (what st writes: every version reads it), from version 6 with
+/// `embedding_dimension` and the modes named in `pooling_mode`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PoolingConfigFile {
+    #[serde(alias = "embedding_dimension")]
     pub word_embedding_dimension: usize,
+    /// sentence-transformers ≥ 6: one mode or a list; when present the flags are ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pooling_mode: Option<NamedModes>,
     #[serde(default)]
     pub pooling_mode_cls_token: bool,
     #[serde(default)]
@@ -160,6 +166,41 @@ pub struct PoolingConfigFile {
 
 fn yes() -> bool {
     true
+}
+
+/// `pooling_mode` in a sentence-transformers ≥ 6 config: `"mean"` or `["cls", "mean"]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum NamedModes {
+    One(PoolingMode),
+    Many(Vec<PoolingMode>),
+}
+
+impl PoolingConfigFile {
+    /// The modes the file turns on, from `pooling_mode` or else the flags.
+    fn modes(&self) -> Vec<PoolingMode> {
+        match &self.pooling_mode {
+            Some(NamedModes::One(mode)) => vec![*mode],
+            Some(NamedModes::Many(modes)) => modes.clone(),
+            None => [
+                (self.pooling_mode_cls_token, PoolingMode::Cls),
+                (self.pooling_mode_max_tokens, PoolingMode::Max),
+                (self.pooling_mode_mean_tokens, PoolingMode::Mean),
+                (
+                    self.pooling_mode_mean_sqrt_len_tokens,
+                    PoolingMode::MeanSqrtLenTokens,
+                ),
+                (
+                    self.pooling_mode_weightedmean_tokens,
+                    PoolingMode::WeightedMean,
+                ),
+                (self.pooling_mode_lasttoken, PoolingMode::LastToken),
+            ]
+            .into_iter()
+            .filter_map(|(on, mode)| on.then_some(mode))
+            .collect(),
+        }
+    }
 }
 
 impl Pooling {
@@ -189,27 +230,13 @@ impl Pooling {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, PoolingError> {
         let path = path.as_ref();
         let file: PoolingConfigFile = crate::read_json(path)?;
-        let flags = [
-            (file.pooling_mode_cls_token, PoolingMode::Cls),
-            (file.pooling_mode_max_tokens, PoolingMode::Max),
-            (file.pooling_mode_mean_tokens, PoolingMode::Mean),
-            (
-                file.pooling_mode_mean_sqrt_len_tokens,
-                PoolingMode::MeanSqrtLenTokens,
-            ),
-            (
-                file.pooling_mode_weightedmean_tokens,
-                PoolingMode::WeightedMean,
-            ),
-            (file.pooling_mode_lasttoken, PoolingMode::LastToken),
-        ];
-        let pooling = Self::new(
-            flags.into_iter().filter(|(on, _)| *on).map(|(_, m)| m),
-            file.word_embedding_dimension,
-        )
-        .map_err(|_| PoolingError::Invalid {
-            path: path.to_path_buf(),
-            message: "no `pooling_mode_*` field is true".into(),
+        let pooling = Self::new(file.modes(), file.word_embedding_dimension).map_err(|_| {
+            PoolingError::Invalid {
+                path: path.to_path_buf(),
+                message:
+                    "no pooling mode: neither `pooling_mode` nor a true `pooling_mode_*` field"
+                        .into(),
+            }
         })?;
         Ok(Self {
             include_prompt: file.include_prompt,
@@ -222,6 +249,7 @@ impl Pooling {
         let on = |m| self.modes.contains(&m);
         PoolingConfigFile {
             word_embedding_dimension: self.word_embedding_dimension,
+            pooling_mode: None,
             pooling_mode_cls_token: on(PoolingMode::Cls),
             pooling_mode_mean_tokens: on(PoolingMode::Mean),
             pooling_mode_max_tokens: on(PoolingMode::Max),
@@ -438,5 +466,43 @@ mod tests {
         let path = dir.join("config.json");
         std::fs::write(&path, json).unwrap();
         assert_eq!(Pooling::from_file(&path).unwrap(), p);
+    }
+
+    /// sentence-transformers 6 writes `{"embedding_dimension", "pooling_mode", "include_prompt"}`
+    /// (the Pooling module's own `config_keys`); older versions the flags above.
+    #[test]
+    fn sentence_transformers_6_configs_load() {
+        let dir = std::env::temp_dir().join(format!("st-pooling-v6-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.json");
+        let cases = [
+            (
+                r#"{"embedding_dimension": 768, "pooling_mode": "mean", "include_prompt": true}"#,
+                vec![PoolingMode::Mean],
+                true,
+            ),
+            (
+                r#"{"embedding_dimension": 768, "pooling_mode": ["mean", "cls"], "include_prompt": false}"#,
+                vec![PoolingMode::Cls, PoolingMode::Mean],
+                false,
+            ),
+        ];
+        for (json, modes, include_prompt) in cases {
+            std::fs::write(&path, json).unwrap();
+            let p = Pooling::from_file(&path).unwrap();
+            assert_eq!(p.modes(), modes.as_slice(), "{json}");
+            assert_eq!(
+                (p.word_embedding_dimension, p.include_prompt),
+                (768, include_prompt)
+            );
+        }
+        std::fs::write(
+            &path,
+            r#"{"embedding_dimension": 8, "pooling_mode": "median"}"#,
+        )
+        .unwrap();
+        let err = Pooling::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("config.json"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

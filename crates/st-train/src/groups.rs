@@ -290,6 +290,45 @@ mod tests {
         );
     }
 
+    /// Groups go by our module paths, which every family's checkpoint is renamed into at load:
+    /// a DistilBERT checkpoint (`transformer.layer.N.ffn.lin1`, ...) still gives one group per
+    /// layer, by index, and bottom-k freezing picks them by depth.
+    #[test]
+    fn distilbert_layers_group_by_index() {
+        use crate::freeze::{Freeze, FreezePlan};
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../st-backbone/tests/fixtures/distilbert/model"
+        );
+        let (model, config) =
+            st_backbone::BertModel::<burn_flex::Flex>::from_pretrained(dir, &Default::default())
+                .unwrap();
+        assert_eq!(model.architecture(), st_backbone::Architecture::DistilBert);
+        let layers = config.num_hidden_layers;
+        let policy = LayerwiseLrDecay {
+            base: 1e-3,
+            decay: 0.5,
+            head_lr: None,
+            overrides: vec![],
+        };
+        let groups = build_groups(&params(&model), layers, &[], &policy);
+        let names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(names, ["embeddings", "layer.0", "layer.1"]);
+        // Attention (4 × (w, b)), 2 LayerNorms, 2 feed-forward linears: 16 tensors per layer.
+        assert!(groups[1..].iter().all(|g| g.params.len() == 16));
+        assert_eq!(groups[1].numel(), groups[2].numel());
+        assert_eq!((groups[1].lr, groups[2].lr), (1e-3 * 0.25, 1e-3 * 0.5));
+        let plan = FreezePlan {
+            rules: vec![Freeze::Bottom(1)],
+            gradual: None,
+        };
+        let trains: Vec<bool> = groups
+            .iter()
+            .map(|g| plan.trains(g, layers, 0, 0))
+            .collect();
+        assert_eq!(trains, [false, false, true]);
+    }
+
     #[test]
     fn electra_style_decay() {
         let p = LayerwiseLrDecay {
