@@ -39,13 +39,15 @@ commands:
                       pytorch_model.bin and the tiny RoBERTa / XLM-R / DistilBERT folders
                       in crates/st-backbone/tests/fixtures) from Python
   bench [--quick] [--json] [--threads N] [--backends LIST]
-                      st vs Python sentence-transformers: encode throughput (fp32 and bf16),
-                      cold start, peak RSS, training step, compute ceiling (FLOPs per sentence
-                      against each side's measured matmul peak), per backend in LIST (default
-                      flex,tch; wgpu on a software Vulkan driver is slow); writes
-                      docs/benchmarks.md (not --quick)
+                      st vs Python sentence-transformers on PyTorch and on ONNX Runtime
+                      (fp32 and dynamic int8, own env ~/.cache/st/pyenv-onnx): encode
+                      throughput (bench and short sentences, batch 32 and 128, MiniLM and
+                      MPNet; st fp32 and int8/bf16), distance of int8/bf16 to fp32, STS-B,
+                      cold start, peak RSS, training step, compute ceiling, the goals; per
+                      backend in LIST (default flex,tch; wgpu on software Vulkan is slow);
+                      writes docs/benchmarks.md (not --quick); --json: the typed report
   e2e [--backend B]   the user journey with the release binary: fetch, encode, similarity,
-                      eval sts, multi-task train (trec + sst2), eval, predict, reload in Python;
+                      eval sts (MiniLM; MPNet against Python's figure), multi-task train (trec + sst2), eval, predict, reload in Python;
                       prints a summary table, fails on any regression
   experiments [TABLE...] [--seeds 42,43,44] [--backend B]
                       rerun the training experiments in docs/experiments/TABLE/ and rewrite

@@ -5,7 +5,8 @@
 //! the same three wheels `setup-libtorch` downloads (torch and two small CUDA runtime wheels,
 //! kept in `$ST_HOME/wheels`), swaps the NVIDIA libraries a CPU never calls for stand-ins
 //! (xtask/py/cpu_torch.py), and installs every other dependency pip resolves, minus the
-//! NVIDIA ones. `pyenv_cuda` is the full CUDA install, for `setup-libtorch --cuda`.
+//! NVIDIA ones. `pyenv_onnx` is built the same way for bench's ONNX Runtime sides, and
+//! `pyenv_cuda` is the full CUDA install, for `setup-libtorch --cuda`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
