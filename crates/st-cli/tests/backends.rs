@@ -7,6 +7,8 @@
 //! same steps on flex (an optimizer step gone wrong on one backend shows up here); and the `st`
 //! binary's `--backend` flag encodes like flex.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -24,25 +26,9 @@ use st_train::{
     load_trained, train,
 };
 
+use common::{manifest_dir, model_dir};
+
 const MIN_COSINE: f64 = 0.9999;
-
-fn manifest_dir() -> PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
-}
-
-fn model_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        st_hub::resolve(st_hub::DEFAULT_MODEL, &mut |m| eprintln!("{m}")).unwrap_or_else(|e| {
-            panic!(
-                "{e}\nfetch it with: cargo xtask download {}",
-                st_hub::DEFAULT_MODEL
-            )
-        })
-    })
-}
 
 /// The Python reference written by `cargo xtask reference` (st-pooling's parity fixtures).
 struct Reference {

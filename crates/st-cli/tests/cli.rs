@@ -1,20 +1,11 @@
 //! The `st` binary end to end, on the real all-MiniLM-L6-v2 (fetched on first use).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
+mod common;
 
-fn model_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        st_hub::resolve(st_hub::DEFAULT_MODEL, &mut |m| eprintln!("{m}")).unwrap_or_else(|e| {
-            panic!(
-                "{e}\nfetch it with: cargo xtask download {}",
-                st_hub::DEFAULT_MODEL
-            )
-        })
-    })
-}
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+use common::{failed, manifest_dir, model_dir, ok, st_with_stdin};
 
 /// The STS Benchmark folder: `$ST_DATASETS`, `../shared/datasets` beside the repository, the st
 /// cache, else fetched from its origin (st_hub::datasets).
@@ -27,42 +18,6 @@ fn stsb_dir() -> PathBuf {
 
 fn st(args: &[&str]) -> Output {
     st_with_stdin(args, None)
-}
-
-fn st_with_stdin(args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_st"))
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(bytes) = stdin {
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(bytes).unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("panicked"), "st panicked: {stderr}");
-    out
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "st failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-fn failed(out: &Output) -> String {
-    assert!(!out.status.success(), "st should have failed");
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn lines(stdout: &str) -> Vec<serde_json::Value> {
@@ -505,15 +460,6 @@ fn train_eval_predict_round_trip() {
         err.contains("bad.jsonl:1") && err.contains("color"),
         "{err}"
     );
-}
-
-/// This package's folder, read when the program runs (cargo sets it for `cargo run` and
-/// `cargo test`): a binary reused from a build cache shared between checkouts must still read
-/// the files of the checkout it runs in.
-fn manifest_dir() -> std::path::PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 #[test]

@@ -3,31 +3,18 @@
 //! all-MiniLM-L6-v2: `tests/fixtures/encode_features.json` and `calibration.npy`, written by
 //! `xtask/py/encode_features.py` (`cargo xtask reference` reruns it).
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::OnceLock;
+
+use common::{failed, manifest_dir, model_dir, ok, st_with_stdin};
 
 use serde_json::Value;
 
 fn model() -> &'static str {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        st_hub::resolve(st_hub::DEFAULT_MODEL, &mut |m| eprintln!("{m}")).unwrap_or_else(|e| {
-            panic!(
-                "{e}\nfetch it with: cargo xtask download {}",
-                st_hub::DEFAULT_MODEL
-            )
-        })
-    })
-    .to_str()
-    .unwrap()
-}
-
-/// This package's folder, read at run time (see cli.rs).
-fn manifest_dir() -> PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+    model_dir().to_str().unwrap()
 }
 
 fn fixtures() -> PathBuf {
@@ -58,39 +45,7 @@ fn sentences() -> Vec<&'static str> {
 }
 
 fn st(args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_st"))
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(bytes) = stdin {
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(bytes).unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("panicked"), "st panicked: {stderr}");
-    out
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "st failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-fn failed(out: &Output) -> String {
-    assert!(!out.status.success(), "st should have failed");
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    st_with_stdin(args, stdin)
 }
 
 /// `st encode --model MiniLM EXTRA... SENTENCES...`, JSONL embeddings as f64 rows.
