@@ -48,6 +48,13 @@ fn st(args: &[&str], stdin: Option<&[u8]>) -> Output {
     st_with_stdin(args, stdin)
 }
 
+/// `st search` of the query "x" against `corpus` with `extra` flags, which must fail: its stderr.
+fn search_fails(corpus: &str, extra: &[&str]) -> String {
+    let mut args = vec!["search", "--model", model(), "--corpus", corpus, "-q", "x"];
+    args.extend_from_slice(extra);
+    failed(&st(&args, None))
+}
+
 /// `st encode --model MiniLM EXTRA... SENTENCES...`, JSONL embeddings as f64 rows.
 fn encode(extra: &[&str]) -> Vec<Vec<f64>> {
     let mut args = vec!["encode", "--model", model()];
@@ -747,20 +754,7 @@ fn search_scalar_corpora_need_their_calibration_and_bad_input_is_named() {
     // A corpus of another width, texts that do not line up, and --top-k 0 are refused.
     let float = encode_corpus(dir.path(), "f.npy", &[]);
     let f = float.to_str().unwrap();
-    let err = failed(&st(
-        &[
-            "search",
-            "--model",
-            model(),
-            "--corpus",
-            f,
-            "-q",
-            "x",
-            "--truncate-dim",
-            "128",
-        ],
-        None,
-    ));
+    let err = search_fails(f, &["--truncate-dim", "128"]);
     assert!(
         err.contains("f.npy") && err.contains("384 wide") && err.contains("128"),
         "{err}"
@@ -768,38 +762,12 @@ fn search_scalar_corpora_need_their_calibration_and_bad_input_is_named() {
     let texts = dir.path().join("t.txt");
     std::fs::write(&texts, "one\ntwo\n").unwrap();
     let t = texts.to_str().unwrap();
-    let err = failed(&st(
-        &[
-            "search",
-            "--model",
-            model(),
-            "--corpus",
-            f,
-            "-q",
-            "x",
-            "--texts",
-            t,
-        ],
-        None,
-    ));
+    let err = search_fails(f, &["--texts", t]);
     assert!(
         err.contains("t.txt holds 2 texts") && err.contains("8 embeddings"),
         "{err}"
     );
-    let err = failed(&st(
-        &[
-            "search",
-            "--model",
-            model(),
-            "--corpus",
-            f,
-            "-q",
-            "x",
-            "--top-k",
-            "0",
-        ],
-        None,
-    ));
+    let err = search_fails(f, &["--top-k", "0"]);
     assert!(err.contains("--top-k"), "{err}");
 }
 
