@@ -24,6 +24,12 @@ fn dataset(name: &str) -> PathBuf {
 /// A 2-layer random BERT saved as a sentence-transformers folder, with a vocabulary covering
 /// the dataset's words.
 fn tiny_model(dir: &Path) {
+    tiny_model_of(dir, "bert");
+}
+
+/// [`tiny_model`] as another `model_type` that runs on BERT's vocabulary (MPNet: its
+/// relative-position table comes with it).
+fn tiny_model_of(dir: &Path, model_type: &str) {
     let text = std::fs::read_to_string(dataset("train.jsonl")).unwrap()
         + &std::fs::read_to_string(dataset("test.jsonl")).unwrap();
     let mut words: Vec<String> = text
@@ -41,9 +47,13 @@ fn tiny_model(dir: &Path) {
     vocab.extend(words);
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("vocab.txt"), vocab.join("\n")).unwrap();
+    let mpnet = model_type == "mpnet";
     let config = BertConfig {
         hidden_dropout_prob: 0.0,
         attention_probs_dropout_prob: 0.0,
+        model_type: model_type.into(),
+        relative_attention_num_buckets: mpnet.then_some(32),
+        max_position_embeddings: if mpnet { 514 } else { 512 },
         ..BertConfig::tiny(vocab.len())
     };
     let device = Default::default();
@@ -750,4 +760,62 @@ fn round_robin_alternates_sources_and_temperature_flattens_their_sizes() {
         (18..=42).contains(&flat),
         "temperature 1000: {flat} of 60 topic"
     );
+}
+
+/// Training, freezing and layer-wise groups on every architecture: a tiny MPNet built here and
+/// the tiny RoBERTa, XLM-R and DistilBERT folders st-backbone's parity tests use. Four steps
+/// with the bottom layer frozen: frozen tensors bit-identical, layer 1 moved, loss finite.
+#[test]
+fn every_family_trains_with_its_bottom_layer_frozen() {
+    let (_serial, dir, _bert) = setup();
+    let mpnet = dir.path().join("mpnet");
+    tiny_model_of(&mpnet, "mpnet");
+    let fixtures = manifest_dir().join("../st-backbone/tests/fixtures");
+    let families = [
+        ("mpnet", mpnet),
+        ("roberta", fixtures.join("roberta/model")),
+        ("xlm-roberta", fixtures.join("xlm-roberta/model")),
+        ("distilbert", fixtures.join("distilbert/model")),
+    ];
+    for (family, model) in families {
+        let out = dir.path().join(format!("out-{family}"));
+        let mut c = config(&model, &out);
+        c.max_steps = Some(4);
+        c.epochs = 1;
+        c.eval = vec![];
+        c.lr = LayerwiseLrDecay::flat(1e-2);
+        c.freeze = FreezePlan {
+            rules: vec![Freeze::Bottom(1)],
+            gradual: None,
+        };
+        let mut losses = Vec::new();
+        train::<B>(&c, &model, &Default::default(), &mut |e| {
+            if let Event::Step { losses: l, .. } = e {
+                losses.extend(l.iter().map(|(_, loss, _)| *loss));
+            }
+        })
+        .unwrap_or_else(|e| panic!("{family}: {e}"));
+        assert!(
+            !losses.is_empty() && losses.iter().all(|l| l.is_finite()),
+            "{family}: losses {losses:?}"
+        );
+        let before = SentenceEncoder::<B>::from_dir(&model, &Default::default()).unwrap();
+        let after = load_trained::<B>(&out, &Default::default()).unwrap();
+        let (b, a) = (snapshot(&before), snapshot(&after.encoder));
+        let (mut frozen, mut moved) = (0, 0);
+        for (path, values) in &b {
+            let same = a[path] == *values;
+            if path.contains("embeddings.") || path.contains("encoder.layer.0.") {
+                assert!(same, "{family}: {path} is frozen but changed");
+                frozen += 1;
+            } else if path.contains("encoder.layer.1.") && path.ends_with("weight") {
+                assert!(!same, "{family}: {path} trains but did not move");
+                moved += 1;
+            }
+        }
+        assert!(
+            frozen > 5 && moved > 3,
+            "{family}: {frozen} frozen, {moved} moved"
+        );
+    }
 }
