@@ -232,6 +232,119 @@ impl E2e<'_> {
         Ok(format!("Spearman ×100 = {ours:.3}, Python {theirs:.3}"))
     }
 
+    /// `st encode` of the seed sentences: six 384-wide embeddings.
+    fn encode_step(&self, model: &str) -> Result<String> {
+        let mut args = vec!["encode", "--model", model];
+        args.extend(SEED_SENTENCES);
+        let out = self.st(&args)?;
+        let dims: Vec<usize> = out
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l)?;
+                Ok(v["embedding"].as_array().map_or(0, Vec::len))
+            })
+            .collect::<Result<_>>()?;
+        if dims.len() != 6 || dims.iter().any(|&d| d != 384) {
+            bail!("expected 6 embeddings of 384, got {dims:?}");
+        }
+        Ok("6 sentences → 6 × 384".into())
+    }
+
+    /// `st similarity` of the seed sentences: food and bread are each other's nearest.
+    fn similarity_step(&self, model: &str) -> Result<String> {
+        let mut args = vec!["similarity", "--model", model];
+        args.extend(SEED_SENTENCES);
+        let out = self.st(&args)?;
+        println!("{out}");
+        let rows: Vec<&str> = out.lines().skip(1).collect();
+        let nearest_ok = rows.len() == 6
+            && rows[0].trim_end().ends_with("[2]")
+            && rows[1].trim_end().ends_with("[1]");
+        if !nearest_ok {
+            bail!("food and bread are not each other's nearest neighbours:\n{out}");
+        }
+        Ok("food ↔ bread nearest neighbours".into())
+    }
+
+    /// `st eval sts` of all-MiniLM-L6-v2: the published score within [`STS_TARGET`].
+    fn sts_step(&self, model: &str) -> Result<String> {
+        let data = self.datasets.join("stsb/sts-test.csv");
+        let out = self.st(&[
+            "eval",
+            "sts",
+            "--model",
+            model,
+            "--data",
+            data.to_str().context("path")?,
+            "--json",
+        ])?;
+        let v: serde_json::Value = serde_json::from_str(out.trim())?;
+        let score = v["spearman_cosine"]
+            .as_f64()
+            .context("no spearman_cosine")?;
+        let (target, tol) = STS_TARGET;
+        if (score - target).abs() > tol {
+            bail!("Spearman ×100 = {score:.2}, expected {target} ± {tol}");
+        }
+        Ok(format!("Spearman ×100 = {score:.2} (published {target})"))
+    }
+
+    /// The short TREC + SST-2 run into `trained`.
+    fn train_step(&self, model_dir: &Path, trained: &Path) -> Result<String> {
+        let config = self.work.join("e2e-train.toml");
+        std::fs::write(&config, train_config(&self.datasets, model_dir, trained))?;
+        self.st(&["train", "--config", config.to_str().context("path")?])?;
+        if !trained.join("heads.json").is_file() {
+            bail!("no model saved in {}", trained.display());
+        }
+        Ok(format!("trec + sst2, 80 steps → {}", trained.display()))
+    }
+
+    /// `st eval` of the trained model on the full test sets, above [`FLOORS`] (the training
+    /// run evaluated on the first 800 of SST-2's).
+    fn eval_step(&self, trained: &Path) -> Result<String> {
+        let trec = self.datasets.join("trec/TREC_10.label");
+        let sst2 = self.datasets.join("sst2/test.tsv");
+        let out = self.st(&[
+            "eval",
+            "--model",
+            trained.to_str().context("path")?,
+            "--data",
+            trec.to_str().context("path")?,
+            "--data",
+            sst2.to_str().context("path")?,
+            "--json",
+        ])?;
+        let v: serde_json::Value = serde_json::from_str(out.trim())?;
+        let mut parts = Vec::new();
+        for (task, floor) in FLOORS {
+            let acc = v[task]["accuracy"]
+                .as_f64()
+                .with_context(|| format!("no accuracy for {task} in {out}"))?;
+            if acc < floor {
+                bail!("{task} accuracy {acc:.3} is below the floor {floor}");
+            }
+            parts.push(format!("{task} {acc:.3} (floor {floor})"));
+        }
+        Ok(parts.join(", "))
+    }
+
+    /// `st predict` on a question and a review: a NUM question, a positive review.
+    fn predict_step(&self, trained: &Path) -> Result<String> {
+        let out = self.st(&[
+            "predict",
+            "--model",
+            trained.to_str().context("path")?,
+            "How far is it from Denver to Aspen?",
+            "A wonderful, moving film with a superb cast.",
+        ])?;
+        println!("{out}");
+        if !out.contains("topic: NUM (") || !out.contains("sentiment: positive (") {
+            bail!("expected a NUM question and a positive review:\n{out}");
+        }
+        Ok("question → NUM, review → positive".into())
+    }
+
     pub fn run(
         &self,
         model_dir: &Path,
@@ -267,142 +380,40 @@ impl E2e<'_> {
                 model_dir.display()
             ))
         });
-
-        record("encode", &mut || {
-            let mut args = vec!["encode", "--model", model];
-            args.extend(SEED_SENTENCES);
-            let out = self.st(&args)?;
-            let dims: Vec<usize> = out
-                .lines()
-                .map(|l| {
-                    let v: serde_json::Value = serde_json::from_str(l)?;
-                    Ok(v["embedding"].as_array().map_or(0, Vec::len))
-                })
-                .collect::<Result<_>>()?;
-            if dims.len() != 6 || dims.iter().any(|&d| d != 384) {
-                bail!("expected 6 embeddings of 384, got {dims:?}");
-            }
-            Ok("6 sentences → 6 × 384".into())
-        });
-
-        record("similarity", &mut || {
-            let mut args = vec!["similarity", "--model", model];
-            args.extend(SEED_SENTENCES);
-            let out = self.st(&args)?;
-            println!("{out}");
-            let rows: Vec<&str> = out.lines().skip(1).collect();
-            let nearest_ok = rows.len() == 6
-                && rows[0].trim_end().ends_with("[2]")
-                && rows[1].trim_end().ends_with("[1]");
-            if !nearest_ok {
-                bail!("food and bread are not each other's nearest neighbours:\n{out}");
-            }
-            Ok("food ↔ bread nearest neighbours".into())
-        });
-
-        record("eval sts", &mut || {
-            let data = self.datasets.join("stsb/sts-test.csv");
-            let out = self.st(&[
-                "eval",
-                "sts",
-                "--model",
-                model,
-                "--data",
-                data.to_str().context("path")?,
-                "--json",
-            ])?;
-            let v: serde_json::Value = serde_json::from_str(out.trim())?;
-            let score = v["spearman_cosine"]
-                .as_f64()
-                .context("no spearman_cosine")?;
-            let (target, tol) = STS_TARGET;
-            if (score - target).abs() > tol {
-                bail!("Spearman ×100 = {score:.2}, expected {target} ± {tol}");
-            }
-            Ok(format!("Spearman ×100 = {score:.2} (published {target})"))
-        });
-
+        record("encode", &mut || self.encode_step(model));
+        record("similarity", &mut || self.similarity_step(model));
+        record("eval sts", &mut || self.sts_step(model));
         record("mpnet sts", &mut || self.mpnet_sts());
-
-        let trained_ok = record("train", &mut || {
-            let config = self.work.join("e2e-train.toml");
-            std::fs::write(&config, train_config(&self.datasets, model_dir, &trained))?;
-            self.st(&["train", "--config", config.to_str().context("path")?])?;
-            if !trained.join("heads.json").is_file() {
-                bail!("no model saved in {}", trained.display());
-            }
-            Ok(format!("trec + sst2, 80 steps → {}", trained.display()))
-        });
-
-        if trained_ok {
-            record("eval", &mut || {
-                // The full test sets (the training run evaluated on the first 800 of SST-2's).
-                let trec = self.datasets.join("trec/TREC_10.label");
-                let sst2 = self.datasets.join("sst2/test.tsv");
-                let out = self.st(&[
-                    "eval",
-                    "--model",
-                    trained.to_str().context("path")?,
-                    "--data",
-                    trec.to_str().context("path")?,
-                    "--data",
-                    sst2.to_str().context("path")?,
-                    "--json",
-                ])?;
-                let v: serde_json::Value = serde_json::from_str(out.trim())?;
-                let mut parts = Vec::new();
-                for (task, floor) in FLOORS {
-                    let acc = v[task]["accuracy"]
-                        .as_f64()
-                        .with_context(|| format!("no accuracy for {task} in {out}"))?;
-                    if acc < floor {
-                        bail!("{task} accuracy {acc:.3} is below the floor {floor}");
-                    }
-                    parts.push(format!("{task} {acc:.3} (floor {floor})"));
-                }
-                Ok(parts.join(", "))
-            });
-
-            record("predict", &mut || {
-                let out = self.st(&[
-                    "predict",
-                    "--model",
-                    trained.to_str().context("path")?,
-                    "How far is it from Denver to Aspen?",
-                    "A wonderful, moving film with a superb cast.",
-                ])?;
-                println!("{out}");
-                if !out.contains("topic: NUM (") || !out.contains("sentiment: positive (") {
-                    bail!("expected a NUM question and a positive review:\n{out}");
-                }
-                Ok("question → NUM, review → positive".into())
-            });
-
+        if record("train", &mut || self.train_step(model_dir, &trained)) {
+            record("eval", &mut || self.eval_step(&trained));
+            record("predict", &mut || self.predict_step(&trained));
             record("python reload", &mut || python_check(&trained));
         }
-
         let snips = self.work.join("snips");
         record("token task", &mut || self.snips(model_dir, &snips));
-
-        let failed = steps.iter().filter(|s| !s.ok).count();
-        println!("\n| step | result | time | detail |\n|---|---|---|---|");
-        for s in &steps {
-            println!(
-                "| {} | {} | {:.1} s | {} |",
-                s.name,
-                if s.ok { "ok" } else { "FAILED" },
-                s.secs,
-                s.detail.lines().next().unwrap_or("")
-            );
-        }
-        if failed > 0 {
-            bail!("{failed} of {} e2e steps failed", steps.len());
-        }
-        println!(
-            "\ne2e: all {} steps passed (backend {})",
-            steps.len(),
-            self.backend
-        );
-        Ok(())
+        summarize(&steps, self.backend)
     }
+}
+
+/// Prints the steps as a table; fails if any failed.
+fn summarize(steps: &[Step], backend: &str) -> Result<()> {
+    println!("\n| step | result | time | detail |\n|---|---|---|---|");
+    for s in steps {
+        println!(
+            "| {} | {} | {:.1} s | {} |",
+            s.name,
+            if s.ok { "ok" } else { "FAILED" },
+            s.secs,
+            s.detail.lines().next().unwrap_or("")
+        );
+    }
+    let failed = steps.iter().filter(|s| !s.ok).count();
+    if failed > 0 {
+        bail!("{failed} of {} e2e steps failed", steps.len());
+    }
+    println!(
+        "\ne2e: all {} steps passed (backend {backend})",
+        steps.len()
+    );
+    Ok(())
 }
