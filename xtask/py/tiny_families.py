@@ -1,10 +1,11 @@
-"""Writes tiny random RoBERTa, XLM-RoBERTa and DistilBERT sentence-transformers folders and what
-PyTorch computes on them, for crates/st-backbone/tests/families.rs.
+"""Writes tiny random MPNet, RoBERTa, XLM-RoBERTa and DistilBERT sentence-transformers folders and
+what PyTorch computes on them, for crates/st-backbone/tests/families.rs.
 
-No real checkpoint of these families is reachable offline, so each family gets a small random
-model built by `transformers` (`from_config` + `save_pretrained`) and a tokenizer of its real
-kind trained here on the text below: byte-level BPE (RoBERTa), Unigram with Metaspace
-(XLM-RoBERTa, as sentencepiece), WordPiece (DistilBERT). Each folder holds `expected.json`: the
+No real checkpoint of RoBERTa, XLM-R or DistilBERT is reachable offline, and MPNet's real one
+(all-mpnet-base-v2) is slow on the software backends, so each family gets a small random model
+built by `transformers` (`from_config` + `save_pretrained`) and a tokenizer of its real kind
+trained here on the text below: byte-level BPE (RoBERTa), Unigram with Metaspace (XLM-RoBERTa,
+as sentencepiece), WordPiece (DistilBERT; MPNet, with its `<s>`/`</s>` specials). Each folder holds `expected.json`: the
 sentences, their unpadded token ids, the padded batch and its `last_hidden_state`, the mean-pooled
 sentence embeddings, and the checkpoint's key names (the set a folder saved by st must match for
 `AutoModel.from_pretrained` to load it).
@@ -88,25 +89,44 @@ def xlmr_tokenizer():
     return tok
 
 
-def wordpiece_tokenizer():
+def trained_wordpiece(specials):
+    """Lower-cased WordPiece (BERT's normalizer and pre-tokenizer) trained on the corpus."""
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=200, special_tokens=SPECIALS_BERT)
+    trainer = trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials)
     tok.train_from_iterator(corpus(), trainer)
+    return tok
+
+
+def wordpiece_tokenizer():
+    tok = trained_wordpiece(SPECIALS_BERT)
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
     return tok
 
 
+def mpnet_tokenizer():
+    """all-mpnet-base-v2's pipeline: lower-cased WordPiece, `<s> $A </s>` (RobertaProcessing)."""
+    tok = trained_wordpiece(SPECIALS_MPNET)
+    tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    return tok
+
+
 # Special tokens in the order that fixes their ids: RoBERTa's <s>=0, <pad>=1, </s>=2.
 SPECIALS_ROBERTA = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 SPECIALS_BERT = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+# MPNet's: <s>=0, <pad>=1 (its positions' padding index), </s>=2; WordPiece's unknown is [UNK].
+SPECIALS_MPNET = ["<s>", "<pad>", "</s>", "[UNK]", "<mask>"]
 
 
 FAMILIES = {
+    "mpnet": (transformers.MPNetConfig, mpnet_tokenizer, SPECIALS_MPNET, dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+        relative_attention_num_buckets=32, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+        layer_norm_eps=1e-5)),
     "roberta": (transformers.RobertaConfig, roberta_tokenizer, SPECIALS_ROBERTA, dict(
         hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
         type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5)),
@@ -119,10 +139,13 @@ FAMILIES = {
 
 
 def fast_tokenizer(tok, specials):
-    names = dict(zip(["pad_token", "unk_token", "cls_token", "sep_token", "mask_token"],
-                     specials)) if specials is SPECIALS_BERT else dict(
-        bos_token="<s>", pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-        mask_token="<mask>", cls_token="<s>", sep_token="</s>")
+    if specials is SPECIALS_BERT:
+        names = dict(zip(["pad_token", "unk_token", "cls_token", "sep_token", "mask_token"],
+                         specials))
+    else:
+        names = dict(bos_token="<s>", pad_token="<pad>", eos_token="</s>", mask_token="<mask>",
+                     cls_token="<s>", sep_token="</s>",
+                     unk_token="[UNK]" if specials is SPECIALS_MPNET else "<unk>")
     return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, **names)
 
 

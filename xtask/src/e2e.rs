@@ -149,12 +149,12 @@ impl E2e<'_> {
         let config = self.work.join("e2e-snips.toml");
         std::fs::write(&config, snips_config(&self.datasets, model_dir, out))?;
         self.st(&["train", "--config", config.to_str().context("path")?])?;
-        let log = std::fs::read_to_string(out.join("metrics.jsonl"))
-            .with_context(|| format!("reading {}/metrics.jsonl", out.display()))?;
-        let evaluations: Vec<f64> = log
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|v| v["eval"]["slots"]["entity_f1"].as_f64())
+        let evaluations: Vec<f64> = st_runlog::read_log(&out.join(st_runlog::METRICS_LOG))?
+            .into_iter()
+            .filter_map(|r| match r {
+                st_runlog::LogRecord::Eval(e) => e.eval.get("slots")?.get("entity_f1").copied(),
+                st_runlog::LogRecord::Step(_) => None,
+            })
             .collect();
         let best = evaluations.iter().copied().fold(f64::NAN, f64::max);
         if evaluations.is_empty() {

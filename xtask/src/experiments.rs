@@ -13,8 +13,6 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::stats::median;
-
 #[derive(Clone)]
 pub struct RunResult {
     metrics: BTreeMap<String, f64>,
@@ -122,53 +120,34 @@ impl Experiments<'_> {
         std::fs::write(&effective_path, effective)?;
         let output = Command::new(self.st)
             .current_dir(self.root)
-            .args(["--backend", self.backend, "train", "--config"])
+            .args(["--backend", self.backend, "train", "--json", "--config"])
             .arg(&effective_path)
             .output()
             .with_context(|| format!("running st train for {}", config.display()))?;
-        let stderr = String::from_utf8_lossy(&output.stderr);
         if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
             bail!("st train failed on {}:\n{stderr}", config.display());
         }
         let stdout = String::from_utf8_lossy(&output.stdout);
-        let summary: serde_json::Value = serde_json::from_str(
+        let summary: st_runlog::TrainSummary = serde_json::from_str(
             stdout
                 .lines()
                 .last()
-                .context("st train printed no summary")?,
-        )?;
+                .context("st train --json printed no summary")?,
+        )
+        .context("st train --json printed no st_runlog::TrainSummary")?;
         let mut metrics = BTreeMap::new();
-        if let Some(tasks) = summary.as_object() {
-            for (task, m) in tasks {
-                for key in ["accuracy", "entity_f1"] {
-                    if let Some(v) = m.get(key).and_then(|v| v.as_f64()) {
-                        metrics.insert(format!("{task} {key}"), v * 100.0);
-                    }
+        for (task, m) in &summary.metrics {
+            for key in st_runlog::MAIN_METRICS {
+                if let Some(v) = m.get(key) {
+                    metrics.insert(format!("{task} {key}"), v * 100.0);
                 }
             }
         }
-        let (steps, trainable) = stderr
-            .lines()
-            .rev()
-            .find(|l| l.contains("trainable parameters"))
-            .and_then(|l| {
-                let mut w = l.split_whitespace();
-                let steps = w.next()?.parse().ok()?;
-                let trainable = w.nth(1)?.parse().ok()?;
-                Some((steps, trainable))
-            })
-            .unwrap_or((0, 0));
-        let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap_or_default();
-        let step_ms = median(
-            log.lines()
-                .filter_map(|l| {
-                    serde_json::from_str::<serde_json::Value>(l)
-                        .ok()?
-                        .get("step_ms")?
-                        .as_f64()
-                })
-                .collect(),
-        );
+        // Steps of a resumed run are in the log, not in this invocation's summary alone.
+        let log = st_runlog::read_log(&out.join(st_runlog::METRICS_LOG))?;
+        let (steps, trainable) = (summary.steps as u64, summary.trainable_params as u64);
+        let step_ms = st_runlog::median_step_ms(&log).unwrap_or(f64::NAN);
         let result = RunResult {
             metrics,
             trainable,

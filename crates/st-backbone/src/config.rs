@@ -177,14 +177,16 @@ impl BertConfig {
         }
     }
 
-    /// RoBERTa's `padding_idx`: tokens equal to it take that position id and the others count
-    /// on from it (`create_position_ids_from_input_ids`). `None`: positions are plain offsets.
+    /// The `padding_idx` of RoBERTa-style positions (`create_position_ids_from_input_ids`):
+    /// tokens equal to it take that position id and the others count on from it. RoBERTa and
+    /// XLM-R use `pad_token_id`; `MPNetEmbeddings` fixes it at 1 whatever the config says.
+    /// `None`: positions are plain offsets from 0 (BERT, DistilBERT).
     pub fn position_padding_idx(&self) -> Option<usize> {
-        matches!(
-            self.architecture(),
-            Architecture::Roberta | Architecture::XlmRoberta
-        )
-        .then_some(self.pad_token_id)
+        match self.architecture() {
+            Architecture::Bert | Architecture::DistilBert => None,
+            Architecture::MPNet => Some(1),
+            Architecture::Roberta | Architecture::XlmRoberta => Some(self.pad_token_id),
+        }
     }
 
     /// The longest input the position table covers, special tokens included: the table's
@@ -397,6 +399,23 @@ mod tests {
         );
         assert_eq!(c.max_sequence_length(), 512);
         assert!(c.has_token_types());
+    }
+
+    /// `MPNetEmbeddings` numbers positions as RoBERTa with `padding_idx` fixed at 1, whatever
+    /// `pad_token_id` says.
+    #[test]
+    fn mpnet_positions_skip_padding_at_index_1() {
+        let c = BertConfig::from_json(
+            r#"{"model_type":"mpnet","pad_token_id":0,"max_position_embeddings":514,
+                "relative_attention_num_buckets":32}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.position_offset(), c.position_padding_idx()),
+            (2, Some(1))
+        );
+        assert_eq!(c.max_sequence_length(), 512);
+        assert!(!c.has_token_types());
     }
 
     #[test]

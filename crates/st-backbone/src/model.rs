@@ -56,8 +56,8 @@ pub struct BertEmbeddings<B: Backend> {
     /// The first token's position id ([`BertConfig::position_offset`]).
     #[module(skip)]
     position_offset: usize,
-    /// RoBERTa's padding index ([`BertConfig::position_padding_idx`]): positions then skip
-    /// padding tokens (`roberta.rs`).
+    /// RoBERTa's (and MPNet's) padding index ([`BertConfig::position_padding_idx`]): positions
+    /// then skip padding tokens (`roberta.rs`).
     #[module(skip)]
     position_padding_idx: Option<usize>,
 }

@@ -1,9 +1,10 @@
 //! What MPNet (all-mpnet-base-v2) adds to the BERT encoder in `model.rs`, and its key names.
 //!
 //! MPNet's layers are BERT's post-LN layers with other names. Three things differ:
-//! - positions start at 2 (`padding_idx + 1`, RoBERTa style) and there are no token types
-//!   ([`BertConfig::position_offset`](crate::BertConfig::position_offset),
-//!   [`BertConfig::has_token_types`](crate::BertConfig::has_token_types));
+//! - positions are RoBERTa's, with `padding_idx` 1: real tokens count from 2, padding tokens
+//!   take 1 (`roberta::position_ids`;
+//!   [`BertConfig::position_padding_idx`](crate::BertConfig::position_padding_idx)), and there
+//!   are no token types ([`BertConfig::has_token_types`](crate::BertConfig::has_token_types));
 //! - one learned table, `encoder.relative_attention_bias` `[buckets, heads]`, gives every
 //!   (query, key) pair a per-head bias from the bucket of their distance; it is added to the
 //!   scaled scores of every layer ([`position_bias`]);

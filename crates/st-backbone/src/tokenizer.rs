@@ -133,25 +133,38 @@ impl BertTokenizer {
 impl BertTokenizer {
     /// Tokenizes pre-split words (token classification); returns the ids and, per token, the
     /// index of the word it starts (`None` for special tokens and non-first sub-words).
+    ///
+    /// The words are joined by spaces and tokenized as that sentence, so the ids are exactly
+    /// those [`BertTokenizer::encode`] gives the sentence (what the encoder sees at inference);
+    /// each token then belongs to the word its byte offsets fall in. Tokenizing the words one
+    /// by one (`is_pretokenized`) would not: byte-level BPE without `add_prefix_space` (RoBERTa)
+    /// drops the `Ġ` that marks a word after a space, so `old` became `o ld` rather than `Ġold`.
     pub fn encode_words(
         &self,
         words: &[String],
     ) -> Result<(Encoded, Vec<Option<usize>>), BackboneError> {
+        let (text, word_ends) = join_words(words);
         let enc = self
             .inner
-            .encode(words.to_vec(), true)
+            .encode(text.as_str(), true)
             .map_err(|e| BackboneError::Encode(e.to_string()))?;
         let mut seen = None;
         let starts = enc
             .get_word_ids()
             .iter()
-            .map(|w| {
-                let w = w.map(|w| w as usize);
-                let start = (w.is_some() && w != seen).then_some(w).flatten();
-                if w.is_some() {
-                    seen = w;
+            .zip(enc.get_offsets())
+            .map(|(pre_token, &(start, _))| {
+                // Special tokens belong to no pre-token. A token made only of the space before
+                // a word (a lone `Ġ` or `▁`) starts at that space: it opens the next word, as
+                // Hugging Face's `word_ids` count it.
+                let word = pre_token
+                    .and(Some(word_ends.partition_point(|&end| end <= start)))
+                    .filter(|&w| w < words.len());
+                let first = word.is_some() && word != seen;
+                if word.is_some() {
+                    seen = word;
                 }
-                start
+                word.filter(|_| first)
             })
             .collect();
         let encoded = Encoded {
@@ -161,6 +174,20 @@ impl BertTokenizer {
         };
         Ok((encoded, starts))
     }
+}
+
+/// `words` joined by single spaces, and the byte offset where each word ends in that text.
+fn join_words(words: &[String]) -> (String, Vec<usize>) {
+    let mut text = String::new();
+    let mut ends = Vec::with_capacity(words.len());
+    for (i, word) in words.iter().enumerate() {
+        if i > 0 {
+            text.push(' ');
+        }
+        text.push_str(word);
+        ends.push(text.len());
+    }
+    (text, ends)
 }
 
 /// Row-major `[batch, seq]` arrays for one padded batch, backend-free.

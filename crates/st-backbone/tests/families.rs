@@ -1,20 +1,37 @@
-//! RoBERTa, XLM-RoBERTa and DistilBERT against PyTorch: tiny random models that
+//! MPNet, RoBERTa, XLM-RoBERTa and DistilBERT against PyTorch: tiny random models that
 //! `xtask/py/tiny_families.py` built with `transformers` (each with a tokenizer of its real kind:
-//! byte-level BPE, Unigram, WordPiece), saved as sentence-transformers folders together with the
-//! ids and hidden states PyTorch computed (`tests/fixtures/<family>/`).
+//! WordPiece with `<s>`/`</s>`, byte-level BPE, Unigram, WordPiece), saved as
+//! sentence-transformers folders together with the ids and hidden states PyTorch computed
+//! (`tests/fixtures/<family>/`).
+//!
+//! The parity checks run on every backend compiled in: flex always; libtorch and wgpu with this
+//! crate's `tch` / `wgpu` features (`cargo xtask test --backends tch,wgpu` turns them on), where
+//! RoBERTa-style positions (a cumulative sum over the non-padding mask, MPNet's too) and MPNet's
+//! relative-position bias run as those backends' own tensor operations.
 
 use std::path::{Path, PathBuf};
 
+use burn::module::Module;
 use burn::tensor::Tensor;
 use burn_flex::Flex;
 use burn_store::{ModuleStore, SafetensorsStore};
 use serde_json::Value;
-use st_backbone::{Architecture, BertModel, BertTokenizer, Encoded, TokenBatch};
+use st_backbone::{Architecture, BertModel, BertTokenizer, Encoded, EncoderBackend, TokenBatch};
 
 type B = Flex;
 
-/// PyTorch and burn-flex sum in different orders; on 2 layers of width 32 that stays far below.
+/// PyTorch and burn-flex (or libtorch, or wgpu) sum in different orders; on 2 layers of width
+/// 32 that stays far below.
 const TOLERANCE: f32 = 1e-5;
+
+/// Every family, its fixture folder and the architecture st must read from its config.
+#[cfg(any(feature = "tch", feature = "wgpu"))]
+const FAMILIES: [(&str, Architecture); 4] = [
+    ("mpnet", Architecture::MPNet),
+    ("roberta", Architecture::Roberta),
+    ("xlm-roberta", Architecture::XlmRoberta),
+    ("distilbert", Architecture::DistilBert),
+];
 
 fn fixture(family: &str) -> (PathBuf, Value) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -78,9 +95,10 @@ fn tokenize(dir: &Path, expected: &Value) -> TokenBatch {
     batch
 }
 
-fn hidden(model: &BertModel<B>, batch: &TokenBatch) -> Vec<f32> {
-    let output: Tensor<B, 3> = model.forward(batch.to_input::<B>(&Default::default()));
-    output.into_data().to_vec::<f32>().unwrap()
+fn hidden<E: EncoderBackend>(model: &BertModel<E>, batch: &TokenBatch) -> Vec<f32> {
+    let device = model.devices().into_iter().next().unwrap();
+    let output: Tensor<E, 3> = model.forward(batch.to_input::<E>(&device));
+    output.into_data().convert::<f32>().to_vec::<f32>().unwrap()
 }
 
 /// Mean pooling over real tokens, as the fixture's `1_Pooling` does.
@@ -97,12 +115,18 @@ fn mean_pool(hidden: &[f32], batch: &TokenBatch, width: usize) -> Vec<f32> {
     pooled
 }
 
-/// Ids identical, every token embedding (padding positions included) and the mean-pooled
-/// sentence embeddings within [`TOLERANCE`] of PyTorch. Returns the model and batch for more.
-fn check_parity(family: &str, architecture: Architecture) -> (BertModel<B>, TokenBatch) {
+/// Ids identical, every token embedding (padding positions included: their position ids are
+/// the padding index) and the mean-pooled sentence embeddings within `tolerance` of PyTorch, on
+/// backend `E`. Returns the model and batch for more.
+fn check_parity<E: EncoderBackend>(
+    family: &str,
+    architecture: Architecture,
+    device: &E::Device,
+    tolerance: f32,
+) -> (BertModel<E>, TokenBatch) {
     let (dir, expected) = fixture(family);
     let batch = tokenize(&dir, &expected);
-    let (model, config) = BertModel::<B>::from_pretrained(&dir, &Default::default()).unwrap();
+    let (model, config) = BertModel::<E>::from_pretrained(&dir, device).unwrap();
     assert_eq!(model.architecture(), architecture);
     assert_eq!(
         architecture.hf_class(),
@@ -120,14 +144,17 @@ fn check_parity(family: &str, architecture: Architecture) -> (BertModel<B>, Toke
         .map(|&v| v as f32)
         .collect();
     let sentence_diff = max_diff(&pooled, &want);
-    eprintln!("{family}: max |diff| tokens {token_diff:.2e}, sentences {sentence_diff:.2e}");
-    assert!(
-        token_diff <= TOLERANCE,
-        "{family}: token embeddings differ by {token_diff}"
+    let backend = E::name(device);
+    eprintln!(
+        "{family} on {backend}: max |diff| tokens {token_diff:.2e}, sentences {sentence_diff:.2e}"
     );
     assert!(
-        sentence_diff <= TOLERANCE,
-        "{family}: sentence embeddings differ by {sentence_diff}"
+        token_diff <= tolerance,
+        "{family} on {backend}: token embeddings differ by {token_diff}"
+    );
+    assert!(
+        sentence_diff <= tolerance,
+        "{family} on {backend}: sentence embeddings differ by {sentence_diff}"
     );
     (model, batch)
 }
@@ -170,9 +197,21 @@ fn check_round_trip(family: &str, model: &BertModel<B>, batch: &TokenBatch) -> V
     saved
 }
 
+fn check_flex(family: &str, architecture: Architecture) -> (BertModel<B>, TokenBatch) {
+    check_parity::<B>(family, architecture, &Default::default(), TOLERANCE)
+}
+
+#[test]
+fn mpnet_matches_pytorch_and_round_trips() {
+    let (model, batch) = check_flex("mpnet", Architecture::MPNet);
+    let saved = check_round_trip("mpnet", &model, &batch);
+    assert_eq!(saved["model_type"], "mpnet");
+    assert_eq!(saved["relative_attention_num_buckets"], 32);
+}
+
 #[test]
 fn roberta_matches_pytorch_and_round_trips() {
-    let (model, batch) = check_parity("roberta", Architecture::Roberta);
+    let (model, batch) = check_flex("roberta", Architecture::Roberta);
     let saved = check_round_trip("roberta", &model, &batch);
     assert_eq!(saved["model_type"], "roberta");
     assert_eq!(saved["type_vocab_size"], 1);
@@ -180,14 +219,14 @@ fn roberta_matches_pytorch_and_round_trips() {
 
 #[test]
 fn xlm_roberta_matches_pytorch_and_round_trips() {
-    let (model, batch) = check_parity("xlm-roberta", Architecture::XlmRoberta);
+    let (model, batch) = check_flex("xlm-roberta", Architecture::XlmRoberta);
     let saved = check_round_trip("xlm-roberta", &model, &batch);
     assert_eq!(saved["model_type"], "xlm-roberta");
 }
 
 #[test]
 fn distilbert_matches_pytorch_and_round_trips() {
-    let (model, batch) = check_parity("distilbert", Architecture::DistilBert);
+    let (model, batch) = check_flex("distilbert", Architecture::DistilBert);
     let saved = check_round_trip("distilbert", &model, &batch);
     // DistilBertConfig reads only its own names: BERT's would load as defaults in Python.
     assert_eq!(
@@ -201,18 +240,18 @@ fn distilbert_matches_pytorch_and_round_trips() {
     assert!(saved.get("hidden_size").is_none() && saved.get("intermediate_size").is_none());
 }
 
-/// RoBERTa's padding-aware positions: a sentence alone and inside a padded batch agree, and
-/// the tokenizer pads with `<pad>` (id 1), which those positions key on.
-#[test]
-fn roberta_padding_never_changes_a_sentence() {
-    let (dir, expected) = fixture("roberta");
+/// Padding-aware positions (RoBERTa's, and MPNet's with padding index 1): a sentence alone
+/// and inside a padded batch agree, and the tokenizer pads with `<pad>` (id 1), which those
+/// positions key on.
+fn padding_never_changes_a_sentence<E: EncoderBackend>(family: &str, device: &E::Device) {
+    let (dir, expected) = fixture(family);
     let batch = tokenize(&dir, &expected);
     assert_eq!(
         batch.input_ids[batch.seq_len * 2 + 2],
         1,
-        "row 2 is padded with <pad>"
+        "{family}: row 2 is padded with <pad>"
     );
-    let (model, _) = BertModel::<B>::from_pretrained(&dir, &Default::default()).unwrap();
+    let (model, _) = BertModel::<E>::from_pretrained(&dir, device).unwrap();
     let all = hidden(&model, &batch);
     let width = model.hidden_size();
     let first_len = batch.lengths()[0];
@@ -227,5 +266,38 @@ fn roberta_padding_never_changes_a_sentence() {
     };
     let single = hidden(&model, &TokenBatch::pad(&[&alone], 1));
     let diff = max_diff(&single, &all[..first_len * width]);
-    assert!(diff <= TOLERANCE, "alone vs batched: {diff}");
+    assert!(diff <= TOLERANCE, "{family}: alone vs batched: {diff}");
+}
+
+#[test]
+fn padding_never_changes_a_roberta_or_mpnet_sentence() {
+    for family in ["roberta", "mpnet"] {
+        padding_never_changes_a_sentence::<B>(family, &Default::default());
+    }
+}
+
+/// Every family on backend `E`, and padding-aware positions computed there.
+#[cfg(any(feature = "tch", feature = "wgpu"))]
+fn every_family_matches_pytorch<E: EncoderBackend>(device: &E::Device, tolerance: f32) {
+    for (family, architecture) in FAMILIES {
+        check_parity::<E>(family, architecture, device, tolerance);
+    }
+    for family in ["roberta", "mpnet"] {
+        padding_never_changes_a_sentence::<E>(family, device);
+    }
+}
+
+#[cfg(feature = "tch")]
+#[test]
+fn every_family_matches_pytorch_on_libtorch() {
+    every_family_matches_pytorch::<burn_tch::LibTorch>(&burn_tch::LibTorchDevice::Cpu, TOLERANCE);
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn every_family_matches_pytorch_on_wgpu() {
+    every_family_matches_pytorch::<burn_wgpu::Wgpu>(
+        &burn_wgpu::WgpuDevice::DefaultDevice,
+        TOLERANCE,
+    );
 }

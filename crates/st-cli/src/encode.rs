@@ -116,7 +116,7 @@ pub fn encode<B: EncoderBackend>(args: EncodeArgs, device: &B::Device) -> Result
     let started = std::time::Instant::now();
     let encoder = load::<B>(&args.model, device)?;
     let loaded = started.elapsed();
-    let dim = args.model.output_dim(encoder.embedding_dim())?;
+    let dim = encoder.output_dim();
     let mut quantizer = Quantizer::new(args.precision, args.calibration.as_deref(), dim)?;
     let width = args.precision.width(dim);
     let mut writer =

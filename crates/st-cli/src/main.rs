@@ -126,16 +126,27 @@ Full control: st train --print-config > run.toml, edit, then st train --config r
         #[arg(long)]
         json: bool,
     },
-    /// Predict each task's label (and probability) for texts with a model trained by `st train`.
+    /// Predict with a model trained by `st train`: each text gets its sentence and token tasks'
+    /// labels; each pair (--pair) its pair tasks' answers: the label of a pair-classification
+    /// task, the cosine similarity for similarity and retrieval tasks.
+    #[command(
+        after_help = "Examples:\n  st predict -m run \"Where is the bank?\"\n  \
+        st predict -m run --pair \"A man eats.\" \"Someone is eating.\"\n  \
+        st predict -m run --input pairs.jsonl   # {\"text1\": ..., \"text2\": ...} per line"
+    )]
     Predict {
         /// A model trained by `st train`.
         #[arg(long, short)]
         model: String,
-        /// Texts to label.
+        /// Texts to label (with --pair: TEXT1 TEXT2 [TEXT1 TEXT2 ...]).
         texts: Vec<String>,
-        /// Read texts from FILE (one per line, or .jsonl); output is then JSONL.
+        /// Read texts from FILE (one per line, or .jsonl with `text`, or `text1` and `text2`
+        /// for pairs); output is then JSONL.
         #[arg(long, short, value_name = "FILE", conflicts_with = "texts")]
         input: Option<PathBuf>,
+        /// The texts are pairs, taken two by two.
+        #[arg(long)]
+        pair: bool,
     },
     /// Plot a training run's curves (loss, metric, learning rates, task weights) as an SVG.
     #[command(
@@ -210,6 +221,7 @@ struct ModelArgs {
     /// sentence-transformers' truncate_dim: the model's pipeline (its Normalize module
     /// included) runs first, then the embedding is cut, and is NOT renormalized unless
     /// --normalize-embeddings is given. Cosine similarities are the same either way.
+    /// Default: the model's truncate_dim (config_sentence_transformers.json), if it has one.
     #[arg(long, value_name = "N")]
     truncate_dim: Option<usize>,
     /// L2-normalize the final embeddings, after --truncate-dim (sentence-transformers'
@@ -224,36 +236,6 @@ struct ModelArgs {
     /// The prompt of that name in the model's config_sentence_transformers.json "prompts".
     #[arg(long, value_name = "NAME")]
     prompt_name: Option<String>,
-}
-
-impl ModelArgs {
-    /// Cuts and normalizes embeddings as --truncate-dim and --normalize-embeddings say, in
-    /// sentence-transformers' order (truncate, then normalize).
-    fn finish_embeddings(&self, embeddings: &mut [Vec<f32>]) {
-        for e in embeddings {
-            if let Some(n) = self.truncate_dim {
-                e.truncate(n);
-            }
-            if self.normalize_embeddings {
-                // torch.nn.functional.normalize: divide by max(‖e‖, 1e-12).
-                let norm = e.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-                e.iter_mut().for_each(|x| *x /= norm);
-            }
-        }
-    }
-
-    /// Width of the embeddings `finish_embeddings` returns; an error for a --truncate-dim of
-    /// 0 or wider than the model's `dim`.
-    fn output_dim(&self, dim: usize) -> Result<usize> {
-        match self.truncate_dim {
-            None => Ok(dim),
-            Some(0) => bail!("--truncate-dim must be at least 1"),
-            Some(n) if n > dim => {
-                bail!("--truncate-dim {n} is larger than the model's embedding dimension ({dim})")
-            }
-            Some(n) => Ok(n),
-        }
-    }
 }
 
 fn main() {
@@ -391,7 +373,8 @@ fn run_inference<B: EncoderBackend>(command: Command, device: &B::Device) -> Res
             model,
             texts,
             input,
-        } => tasks::predict::<B>(&model, texts, input, device),
+            pair,
+        } => tasks::predict::<B>(&model, texts, input, pair, device),
         Command::Info {
             model,
             json,
@@ -439,7 +422,11 @@ fn load<B: EncoderBackend>(args: &ModelArgs, device: &B::Device) -> Result<Sente
     if let Some(n) = args.max_seq_length {
         encoder = encoder.with_max_seq_length(n)?;
     }
-    args.output_dim(encoder.embedding_dim())?;
+    if args.truncate_dim.is_some() {
+        encoder = encoder
+            .with_truncate_dim(args.truncate_dim)
+            .context("--truncate-dim")?;
+    }
     // An unknown --prompt-name fails now, before any input is read.
     encoder.resolve_prompt(args.prompt.as_deref(), args.prompt_name.as_deref())?;
     if args.batch_size == 0 {
@@ -514,13 +501,16 @@ fn embed_window<B: EncoderBackend>(
     label: impl Fn(usize) -> String,
 ) -> Result<EncodeOutput> {
     let tick = |n: usize| bar.inc(n as u64);
-    let mut out = encoder.encode_with(
+    let out = encoder.encode_with(
         texts,
         &EncodeOptions {
             batch_size: args.batch_size,
             on_batch: Some(&tick),
             prompt: args.prompt.as_deref(),
             prompt_name: args.prompt_name.as_deref(),
+            // --truncate-dim is the model's own by now (`load`).
+            truncate_dim: None,
+            normalize_embeddings: args.normalize_embeddings,
         },
     )?;
     if let Some(i) = out
@@ -534,7 +524,6 @@ fn embed_window<B: EncoderBackend>(
             label(i)
         );
     }
-    args.finish_embeddings(&mut out.embeddings);
     Ok(out)
 }
 
@@ -744,12 +733,15 @@ fn info<B: EncoderBackend>(args: &ModelArgs, json: bool, device: &B::Device) -> 
                 "dense": dense,
                 "normalize": encoder.normalize,
                 "max_seq_length": encoder.max_seq_length(),
-                "embedding_dim": encoder.embedding_dim(),
+                "embedding_dim": encoder.output_dim(),
+                "truncate_dim": encoder.truncate_dim,
+                "prompts": encoder.prompts.prompts,
+                "default_prompt_name": encoder.prompts.default_prompt_name,
             })
         );
         return Ok(());
     }
-    let rows = [
+    let mut rows = vec![
         ("model", args.model.clone()),
         (
             "architecture",
@@ -779,10 +771,35 @@ fn info<B: EncoderBackend>(args: &ModelArgs, json: bool, device: &B::Device) -> 
         ),
         ("normalize", encoder.normalize.to_string()),
         ("max_seq_length", encoder.max_seq_length().to_string()),
-        ("embedding_dim", encoder.embedding_dim().to_string()),
+        ("embedding_dim", encoder.output_dim().to_string()),
+        ("prompts", describe_prompts(&encoder.prompts)),
     ];
+    if let Some(dim) = encoder.truncate_dim {
+        rows.push(("truncate_dim", dim.to_string()));
+    }
     for (k, v) in rows {
         println!("{k:>15}  {v}");
     }
     Ok(())
+}
+
+/// `query: "query: " (default), passage: "passage: "`, or `none`.
+fn describe_prompts(prompts: &st_pooling::Prompts) -> String {
+    if prompts.prompts.is_empty() {
+        return "none".into();
+    }
+    let default = prompts.default_prompt_name.as_deref();
+    prompts
+        .prompts
+        .iter()
+        .map(|(name, text)| {
+            let mark = if Some(name.as_str()) == default {
+                " (default)"
+            } else {
+                ""
+            };
+            format!("{name}: {text:?}{mark}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }

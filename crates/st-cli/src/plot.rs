@@ -7,6 +7,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use plotters::prelude::*;
+use st_runlog::LogRecord;
 
 /// Named series of (step, value) points.
 type Series = BTreeMap<String, Vec<(f64, f64)>>;
@@ -20,38 +21,29 @@ struct Curves {
 }
 
 fn read(path: &Path) -> Result<Curves> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut c = Curves::default();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
-        let step = v["step"].as_f64().unwrap_or(0.0);
-        let add = |series: &mut Series, key: &str| {
-            if let Some(map) = v[key].as_object() {
-                for (name, value) in map {
-                    if let Some(y) = value.as_f64() {
-                        series.entry(name.clone()).or_default().push((step, y));
+    for record in st_runlog::read_log(path)? {
+        match record {
+            LogRecord::Step(s) => {
+                let x = s.step as f64;
+                for (series, values) in [
+                    (&mut c.loss, s.losses),
+                    (&mut c.lr, s.lr),
+                    (&mut c.weight, s.weights),
+                ] {
+                    for (name, y) in values {
+                        series.entry(name).or_default().push((x, y));
                     }
                 }
             }
-        };
-        add(&mut c.loss, "losses");
-        add(&mut c.lr, "lr");
-        add(&mut c.weight, "weights");
-        if let Some(eval) = v["eval"].as_object() {
-            for (task, metrics) in eval {
-                if let Some((name, y)) = st_train::metrics::MAIN_METRICS
-                    .iter()
-                    .find_map(|m| Some((*m, metrics.get(*m)?.as_f64()?)))
-                {
-                    c.metric
-                        .entry(format!("{task} {name}"))
-                        .or_default()
-                        .push((step, y));
+            LogRecord::Eval(e) => {
+                for (task, metrics) in &e.eval {
+                    if let Some((name, y)) = st_runlog::main_metric(metrics) {
+                        c.metric
+                            .entry(format!("{task} {name}"))
+                            .or_default()
+                            .push((e.step as f64, y));
+                    }
                 }
             }
         }
@@ -168,7 +160,7 @@ where
 
 /// Writes `out` (SVG) from `run_dir/metrics.jsonl`; returns a one-line summary.
 pub fn plot(run_dir: &Path, out: &Path) -> Result<String> {
-    let log = run_dir.join("metrics.jsonl");
+    let log = run_dir.join(st_runlog::METRICS_LOG);
     let curves = read(&log)?;
     let loss: Series = curves
         .loss
@@ -285,7 +277,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("metrics.jsonl"),
-            "{\"step\": 1}\nnot json\n",
+            "{\"step\":1,\"step_ms\":1,\"epoch\":0,\"lr\":{},\"losses\":{},\"weights\":{}}\nnot json\n",
         )
         .unwrap();
         let err = plot(dir.path(), &dir.path().join("x.svg"))

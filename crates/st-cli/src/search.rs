@@ -61,7 +61,7 @@ pub fn search<B: EncoderBackend>(args: SearchArgs, device: &B::Device) -> Result
     let corpus = embeddings::read(&args.corpus)?;
     let texts = corpus_texts(&args, &corpus)?;
     let encoder = load::<B>(&args.model, device)?;
-    let dim = args.model.output_dim(encoder.embedding_dim())?;
+    let dim = encoder.output_dim();
     let metric = metric(&args, &corpus, dim)?;
     let queries: Vec<&str> = args.query.iter().map(String::as_str).collect();
     let embedded = embed(&encoder, &queries, &args.model, |i| {

@@ -1,14 +1,16 @@
 //! `st train`, `st eval` (task heads) and `st predict`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use st_backbone::{AutodiffEncoderBackend, EncoderBackend};
+use st_train::predict::PredictInput;
 use st_train::{
-    DataSpec, Decay, Event, Freeze, FreezePlan, LayerwiseLrDecay, Sampling, TrainConfig, Weighting,
+    DataSpec, Decay, Event, Freeze, FreezePlan, LayerwiseLrDecay, Sampling, TaskPrediction,
+    TrainConfig, Weighting,
 };
 
 /// The commented example printed by `st train --print-config`.
@@ -62,7 +64,7 @@ pub struct TrainArgs {
     /// weighted losses summed: use it with --weighting uncertainty or dwa).
     #[arg(long, default_value = "proportional", value_parser = parse_sampling)]
     sampling: Sampling,
-    /// Loss weighting: static, uncertainty, or dwa.
+    /// Loss weighting: static, uncertainty, dwa, rlw (random weights each step) or famo.
     #[arg(long, default_value = "static", value_parser = parse_weighting)]
     weighting: Weighting,
     /// Learning-rate decay after warm-up: linear, cosine, constant.
@@ -76,6 +78,10 @@ pub struct TrainArgs {
     /// Replace a trained model already in OUTPUT (without it, st refuses).
     #[arg(long)]
     overwrite: bool,
+    /// Print the run's summary as JSON on stdout (steps, trainable parameters, the best
+    /// evaluation's metrics, median step time: `st_runlog::TrainSummary`).
+    #[arg(long)]
+    json: bool,
 }
 
 fn parse_sampling(s: &str) -> Result<Sampling, String> {
@@ -97,7 +103,12 @@ fn parse_weighting(s: &str) -> Result<Weighting, String> {
         "static" => Ok(Weighting::default()),
         "uncertainty" => Ok(Weighting::Uncertainty),
         "dwa" => Ok(Weighting::Dwa { temperature: 2.0 }),
-        _ => Err("expected static, uncertainty or dwa".into()),
+        "rlw" => Ok(Weighting::Rlw),
+        "famo" => Ok(Weighting::Famo {
+            lr: 0.025,
+            gamma: 0.01,
+        }),
+        _ => Err("expected static, uncertainty, dwa, rlw or famo".into()),
     }
 }
 
@@ -238,7 +249,11 @@ pub fn train<B: AutodiffEncoderBackend>(args: TrainArgs, device: &B::Device) -> 
             config.output.display()
         );
     }
-    println!("{}", serde_json::to_string(&summary.metrics)?);
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        print!("{}", table(&summary.metrics));
+    }
     Ok(())
 }
 
@@ -281,62 +296,114 @@ pub fn eval<B: EncoderBackend>(
     Ok(())
 }
 
+/// Texts to predict on: the arguments, or a file (`.jsonl` records with `text`, or `text1` and
+/// `text2` for pairs; else one text per line). With `pairs`, the arguments go two by two.
+fn predict_inputs(
+    texts: Vec<String>,
+    input: Option<&Path>,
+    pairs: bool,
+) -> Result<Vec<Vec<String>>> {
+    match input {
+        Some(path) if path.extension().is_some_and(|e| e == "jsonl") => {
+            let examples = st_train::data::load(&DataSpec {
+                format: Some(st_train::Format::Jsonl),
+                ..DataSpec::new(path)
+            })?;
+            Ok(examples
+                .into_iter()
+                .map(|e| e.texts().map(String::from).collect())
+                .collect())
+        }
+        Some(path) => Ok(crate::input::read_texts(path)?
+            .into_iter()
+            .map(|t| vec![t])
+            .collect()),
+        None if texts.is_empty() => bail!("give TEXT arguments or --input FILE"),
+        None if pairs && texts.len() % 2 == 1 => {
+            bail!("--pair takes texts two by two: {} is odd", texts.len())
+        }
+        None if pairs => Ok(texts.chunks(2).map(<[String]>::to_vec).collect()),
+        None => Ok(texts.into_iter().map(|t| vec![t]).collect()),
+    }
+}
+
 pub fn predict<B: EncoderBackend>(
     model: &str,
     texts: Vec<String>,
     input: Option<PathBuf>,
+    pairs: bool,
     device: &B::Device,
 ) -> Result<()> {
     let jsonl = input.is_some();
-    let texts = match input {
-        Some(path) => crate::input::read_texts(&path)?,
-        None if texts.is_empty() => bail!("give TEXT arguments or --input FILE"),
-        None => texts,
-    };
+    let inputs = predict_inputs(texts, input.as_deref(), pairs)?;
     let model = load_trained::<B>(model, device)?;
-    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let refs: Vec<PredictInput> = inputs
+        .iter()
+        .map(|t| match t.as_slice() {
+            [a, b, ..] => PredictInput::Pair(a, b),
+            [a] => PredictInput::Text(a),
+            [] => unreachable!("every input has a text"),
+        })
+        .collect();
     let predictions = st_train::predict(&model, &refs, 32)?;
+    check_finite(&predictions)?;
+    for (texts, p) in inputs.iter().zip(predictions) {
+        if jsonl {
+            let mut line = serde_json::Map::new();
+            match texts.as_slice() {
+                [a] => drop(line.insert("text".into(), a.clone().into())),
+                [a, b, ..] => {
+                    line.insert("text1".into(), a.clone().into());
+                    line.insert("text2".into(), b.clone().into());
+                }
+                [] => {}
+            }
+            for (task, v) in p {
+                line.insert(task, serde_json::to_value(v)?);
+            }
+            println!("{}", serde_json::Value::Object(line));
+        } else {
+            println!("{}", texts.join("  |  "));
+            for (task, v) in p {
+                println!("  {task}: {}", describe(&v));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A diverged or corrupt model gives NaN probabilities: refuse to print them as answers.
+fn check_finite(predictions: &[BTreeMap<String, TaskPrediction>]) -> Result<()> {
     for (i, p) in predictions.iter().enumerate() {
         for (task, v) in p {
-            if let st_train::TaskPrediction::Sentence { probability, .. } = v
-                && !probability.is_finite()
-            {
+            let value = match v {
+                TaskPrediction::Sentence { probability, .. } => *probability,
+                TaskPrediction::Similarity { similarity } => *similarity,
+                TaskPrediction::Token { .. } => 0.0,
+            };
+            if !value.is_finite() {
                 bail!(
-                    "task `{task}`, text {}: the model's output is not finite (diverged or \
+                    "task `{task}`, input {}: the model's output is not finite (diverged or \
                      corrupt weights), so no predictions are printed",
                     i + 1
                 );
             }
         }
     }
-    for (text, p) in texts.iter().zip(predictions) {
-        if jsonl {
-            let mut line = serde_json::Map::new();
-            line.insert("text".into(), serde_json::Value::String(text.clone()));
-            for (task, v) in p {
-                line.insert(task, serde_json::to_value(v)?);
-            }
-            println!("{}", serde_json::Value::Object(line));
-        } else {
-            println!("{text}");
-            for (task, v) in p {
-                match v {
-                    st_train::TaskPrediction::Sentence { label, probability } => {
-                        println!("  {task}: {label} ({probability:.3})")
-                    }
-                    st_train::TaskPrediction::Token { words, tags } => {
-                        let tagged: Vec<String> = words
-                            .iter()
-                            .zip(&tags)
-                            .map(|(w, t)| format!("{w}/{t}"))
-                            .collect();
-                        println!("  {task}: {}", tagged.join(" "))
-                    }
-                }
-            }
-        }
-    }
     Ok(())
+}
+
+fn describe(prediction: &TaskPrediction) -> String {
+    match prediction {
+        TaskPrediction::Sentence { label, probability } => format!("{label} ({probability:.3})"),
+        TaskPrediction::Token { words, tags } => words
+            .iter()
+            .zip(tags)
+            .map(|(w, t)| format!("{w}/{t}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        TaskPrediction::Similarity { similarity } => format!("similarity {similarity:.4}"),
+    }
 }
 
 #[cfg(test)]

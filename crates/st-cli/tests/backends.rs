@@ -210,7 +210,8 @@ fn tiny_trained_model(dir: &Path) {
     let pooling = Pooling::new([PoolingMode::Mean], config.hidden_size).unwrap();
     let encoder = SentenceEncoder::new(bert, config, tokenizer, pooling, true).unwrap();
     let examples = st_train::data::load(&DataSpec::new(dataset("train.jsonl"))).unwrap();
-    let specs = st_train::trainer::head_specs(&examples, &BTreeMap::new()).unwrap();
+    let dim = encoder.embedding_dim();
+    let specs = st_train::batch::head_specs(&examples, &BTreeMap::new(), dim).unwrap();
     let model = MultiTaskModel::new(encoder, specs, &device).unwrap();
     model.encoder.save_pretrained(dir).unwrap();
     model.save_heads(dir).unwrap();
@@ -253,8 +254,8 @@ fn config(model: &Path, out: &Path, steps: usize) -> TrainConfig {
         gradual: None,
     };
     let no_dropout = TaskOptions {
-        hidden: None,
         dropout: Some(0.0),
+        ..Default::default()
     };
     c.tasks = ["topic", "sentiment"]
         .into_iter()

@@ -386,11 +386,14 @@ fn train_eval_predict_round_trip() {
         "1e-4",
         "--head-lr",
         "3e-3",
+        "--json",
     ]));
-    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-    assert!(
-        summary["topic"]["accuracy"].is_number() && summary["sentiment"]["accuracy"].is_number()
-    );
+    let summary: st_runlog::TrainSummary = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(summary.steps, 6);
+    assert!(summary.trainable_params > 0 && summary.median_step_ms.is_some_and(|ms| ms > 0.0));
+    for task in ["topic", "sentiment"] {
+        assert!(summary.metrics[task]["accuracy"].is_finite(), "{summary:?}");
+    }
     for file in [
         "heads.json",
         "heads.safetensors",
@@ -411,7 +414,7 @@ fn train_eval_predict_round_trip() {
     ]));
     let metrics: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(
-        metrics["topic"]["accuracy"], summary["topic"]["accuracy"],
+        metrics["topic"]["accuracy"], summary.metrics["topic"]["accuracy"],
         "eval agrees with training"
     );
 

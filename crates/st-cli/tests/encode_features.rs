@@ -893,3 +893,56 @@ fn prompts_by_name_and_by_default_come_from_the_model_config() {
         "{err}"
     );
 }
+
+/// `st info` shows the prompts, the default one and a saved truncate_dim; `st encode` cuts to
+/// that truncate_dim as Python's `encode` does when the model carries one.
+#[test]
+fn info_shows_prompts_and_truncate_dim_which_encode_applies() {
+    let r = reference();
+    let mut config = r["st_config"].clone();
+    config["truncate_dim"] = 128.into();
+    let dir = tempfile::tempdir().unwrap();
+    let copy = model_copy(dir.path(), None, Some(&config));
+    let c = copy.to_str().unwrap();
+    let info: Value =
+        serde_json::from_str(ok(&st(&["info", "--model", c, "--json"], None)).trim()).unwrap();
+    assert_eq!(info["prompts"], r["st_config"]["prompts"]);
+    assert_eq!(info["default_prompt_name"], "query");
+    assert_eq!(
+        (&info["truncate_dim"], &info["embedding_dim"]),
+        (&128.into(), &128.into())
+    );
+
+    let table = ok(&st(&["info", "--model", c], None));
+    let row = |key: &str| -> String {
+        let line = table.lines().find(|l| l.trim_start().starts_with(key));
+        line.unwrap_or_else(|| panic!("no {key} row in\n{table}"))
+            .into()
+    };
+    assert!(
+        row("prompts").ends_with(r#"passage: "passage: ", query: "query: " (default)"#),
+        "{table}"
+    );
+    assert!(row("truncate_dim").ends_with(" 128"), "{table}");
+
+    // No --truncate-dim: the model's own (and its default prompt) apply.
+    let got = encode_with(&copy, &[]);
+    assert!(got.iter().all(|e| e.len() == 128));
+    let want: Vec<Vec<f64>> = matrix(&r["default_prompt"])
+        .into_iter()
+        .map(|e| e[..128].to_vec())
+        .collect();
+    assert_matches_python(&got, &want, 1e-4, "saved truncate_dim");
+
+    // A model without prompts or truncate_dim says so.
+    let info: Value =
+        serde_json::from_str(ok(&st(&["info", "--model", model(), "--json"], None)).trim())
+            .unwrap();
+    assert_eq!(info["prompts"], serde_json::json!({}));
+    assert!(info["default_prompt_name"].is_null() && info["truncate_dim"].is_null());
+    let table = ok(&st(&["info", "--model", model()], None));
+    assert!(
+        table.contains("prompts  none") && !table.contains("truncate_dim"),
+        "{table}"
+    );
+}

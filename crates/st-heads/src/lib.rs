@@ -6,7 +6,12 @@
 //!   sentiment, …): dropout → linear, or dropout → linear → GELU → dropout → linear when
 //!   [`HeadSpec::hidden`] is set;
 //! - [`HeadKind::Token`]: classification of every token embedding (NER, slot filling). Word
-//!   labels sit on each word's first sub-word; the other positions carry [`IGNORE`].
+//!   labels sit on each word's first sub-word; the other positions carry [`IGNORE`];
+//! - [`HeadKind::PairClassification`]: one label per text pair from `(u, v, |u − v|)`, the two
+//!   texts' embeddings (SBERT's softmax head: NLI, paraphrase);
+//! - [`HeadKind::Similarity`] and [`HeadKind::Retrieval`]: objectives on the embedding itself
+//!   (cosine of a pair; anchors ranked against candidates). They have no parameters: the task
+//!   trains the encoder, and its spec records that the model was trained for it.
 //!
 //! [`MultiTaskModel::forward`] runs the encoder once and only the heads a batch asks for.
 //! [`masked_cross_entropy`] is the loss both kinds use.
@@ -56,6 +61,35 @@ pub enum HeadKind {
     /// One label per word, from the token embeddings.
     #[serde(alias = "token_classification", alias = "ner")]
     Token,
+    /// A similarity score per text pair: the cosine of their embeddings.
+    #[serde(alias = "sts")]
+    Similarity,
+    /// One label per text pair, from `(u, v, |u − v|)`.
+    #[serde(alias = "nli")]
+    PairClassification,
+    /// Anchors ranked against positives (and negatives) by the cosine of their embeddings.
+    Retrieval,
+}
+
+impl HeadKind {
+    /// Whether the task has labels and a classifier (the others train the embedding only).
+    pub fn classifies(self) -> bool {
+        matches!(
+            self,
+            HeadKind::Sentence | HeadKind::Token | HeadKind::PairClassification
+        )
+    }
+
+    /// The name used in configs and `heads.json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            HeadKind::Sentence => "sentence",
+            HeadKind::Token => "token",
+            HeadKind::Similarity => "similarity",
+            HeadKind::PairClassification => "pair_classification",
+            HeadKind::Retrieval => "retrieval",
+        }
+    }
 }
 
 /// Everything needed to rebuild a head: saved beside its weights in `heads.json`.
@@ -115,7 +149,8 @@ impl<B: Backend> Classifier<B> {
 /// One named head.
 #[derive(Module, Debug)]
 pub struct TaskHead<B: Backend> {
-    pub classifier: Classifier<B>,
+    /// `None` for the kinds that do not classify ([`HeadKind::classifies`]).
+    pub classifier: Option<Classifier<B>>,
     #[module(skip)]
     pub spec: HeadSpec,
 }
@@ -128,14 +163,22 @@ impl<B: Backend> TaskHead<B> {
             Some(h) => (Some(LinearConfig::new(input_dim, h).init(device)), h),
             None => (None, input_dim),
         };
-        Self {
-            classifier: Classifier {
-                dropout: DropoutConfig::new(spec.dropout).init(),
-                hidden,
-                out: LinearConfig::new(out_in, classes).init(device),
-            },
-            spec,
-        }
+        let classifier = spec.kind.classifies().then(|| Classifier {
+            dropout: DropoutConfig::new(spec.dropout).init(),
+            hidden,
+            out: LinearConfig::new(out_in, classes).init(device),
+        });
+        Self { classifier, spec }
+    }
+
+    /// The classifier of a classifying head.
+    ///
+    /// # Panics
+    /// On a head of a kind that does not classify: a caller bug, as the kind is known up front.
+    pub fn classifier(&self) -> &Classifier<B> {
+        self.classifier
+            .as_ref()
+            .unwrap_or_else(|| panic!("task `{}` has no classifier", self.spec.name))
     }
 }
 
@@ -188,8 +231,10 @@ impl<B: EncoderBackend> MultiTaskModel<B> {
             .into_iter()
             .map(|spec| {
                 let dim = match spec.kind {
-                    HeadKind::Sentence => sentence_dim,
                     HeadKind::Token => token_dim,
+                    // SBERT's softmax head reads the concatenation (u, v, |u − v|).
+                    HeadKind::PairClassification => 3 * sentence_dim,
+                    _ => sentence_dim,
                 };
                 TaskHead::new(spec, dim, device)
             })
@@ -207,8 +252,9 @@ impl<B: EncoderBackend> MultiTaskModel<B> {
         self.heads.iter().map(|h| h.spec.clone()).collect()
     }
 
-    /// Runs the encoder once and the heads whose flag in `wanted` is true (all when `wanted` is
-    /// empty). Returns one entry per head, `None` for heads not run.
+    /// Runs the encoder once and the single-text heads (sentence and token classification)
+    /// whose flag in `wanted` is true (all when `wanted` is empty). Returns one entry per head,
+    /// `None` for heads not run and for the pair kinds, which need two texts per row.
     pub fn forward(&self, input: BertInput<B>, wanted: &[bool]) -> Vec<Option<HeadOutput<B>>> {
         let (tokens, pooled) = self.encoder.features(input);
         self.heads
@@ -218,12 +264,15 @@ impl<B: EncoderBackend> MultiTaskModel<B> {
                 if !wanted.is_empty() && !wanted.get(i).copied().unwrap_or(false) {
                     return None;
                 }
-                Some(match head.spec.kind {
-                    HeadKind::Sentence => {
-                        HeadOutput::Sentence(head.classifier.forward(pooled.clone()))
+                match head.spec.kind {
+                    HeadKind::Sentence => Some(HeadOutput::Sentence(
+                        head.classifier().forward(pooled.clone()),
+                    )),
+                    HeadKind::Token => {
+                        Some(HeadOutput::Token(head.classifier().forward(tokens.clone())))
                     }
-                    HeadKind::Token => HeadOutput::Token(head.classifier.forward(tokens.clone())),
-                })
+                    _ => None,
+                }
             })
             .collect()
     }
@@ -307,10 +356,12 @@ impl<B: EncoderBackend> MultiTaskModel<B> {
                     && s.spec.labels == head.spec.labels
                     && s.spec.hidden == head.spec.hidden
             });
-            if let Some(twin) = twin {
-                let dropout = head.classifier.dropout.clone();
-                head.classifier = twin.classifier.clone();
-                head.classifier.dropout = dropout;
+            if let Some(twin) = twin
+                && let (Some(mine), Some(trained)) = (&mut head.classifier, &twin.classifier)
+            {
+                let dropout = mine.dropout.clone();
+                *mine = trained.clone();
+                mine.dropout = dropout;
                 reused.push(head.spec.name.clone());
             }
         }
@@ -329,7 +380,16 @@ fn check_specs(specs: &[HeadSpec]) -> Result<(), HeadError> {
                 spec.name
             )));
         }
-        if spec.labels.len() < 2 {
+        if !spec.kind.classifies() {
+            if !spec.labels.is_empty() {
+                return Err(HeadError::Invalid(format!(
+                    "task `{}` is a {} task: it has no labels, found {}",
+                    spec.name,
+                    spec.kind.name(),
+                    spec.labels.join(", ")
+                )));
+            }
+        } else if spec.labels.len() < 2 {
             return Err(HeadError::Invalid(format!(
                 "task `{}` has {} label(s) ({}); classification needs at least two",
                 spec.name,

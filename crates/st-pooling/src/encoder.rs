@@ -35,7 +35,19 @@ pub struct Prompts {
     pub default_prompt_name: Option<String>,
 }
 
-/// How [`SentenceEncoder::encode_with`] batches its inputs, and the prompt it prepends.
+/// `config_sentence_transformers.json` as sentence-transformers 6 reads it: the prompts, and
+/// the Matryoshka width `encode` cuts embeddings to (`truncate_dim`, saved by
+/// `SentenceTransformer(..., truncate_dim=N).save(...)`).
+#[derive(Debug, Clone, Default, Deserialize)]
+struct SentenceTransformersConfig {
+    #[serde(flatten)]
+    prompts: Prompts,
+    #[serde(default)]
+    truncate_dim: Option<usize>,
+}
+
+/// How [`SentenceEncoder::encode_with`] batches its inputs, the prompt it prepends, and what it
+/// does to the embeddings after the model's pipeline.
 pub struct EncodeOptions<'a> {
     /// Sentences per forward pass.
     pub batch_size: usize,
@@ -47,6 +59,12 @@ pub struct EncodeOptions<'a> {
     /// A key of the model's prompts (`prompt_name=`). With neither, the model's
     /// `default_prompt_name` applies, as in sentence-transformers.
     pub prompt_name: Option<&'a str>,
+    /// Keep the first N values of each embedding (sentence-transformers' `truncate_dim=`);
+    /// `None`: the model's own [`SentenceEncoder::truncate_dim`]. Cut after the whole pipeline,
+    /// its `Normalize` module included, and not renormalized.
+    pub truncate_dim: Option<usize>,
+    /// L2-normalize each embedding after truncation (`normalize_embeddings=True`).
+    pub normalize_embeddings: bool,
 }
 
 impl Default for EncodeOptions<'_> {
@@ -56,6 +74,8 @@ impl Default for EncodeOptions<'_> {
             on_batch: None,
             prompt: None,
             prompt_name: None,
+            truncate_dim: None,
+            normalize_embeddings: false,
         }
     }
 }
@@ -95,6 +115,10 @@ pub struct SentenceEncoder<B: Backend> {
     /// Named prompts and the default one (`config_sentence_transformers.json`).
     #[module(skip)]
     pub prompts: Prompts,
+    /// Width `encode` cuts embeddings to unless its options say otherwise
+    /// (`config_sentence_transformers.json`'s `truncate_dim`, or [`SentenceEncoder::with_truncate_dim`]).
+    #[module(skip)]
+    pub truncate_dim: Option<usize>,
 }
 
 impl<B: EncoderBackend> SentenceEncoder<B> {
@@ -150,6 +174,7 @@ impl<B: EncoderBackend> SentenceEncoder<B> {
             Some(p) => p,
             None => Pooling::new([PoolingMode::Mean], bert_config.hidden_size)?,
         };
+        let model_config = read_model_config(dir)?;
         let encoder = Self {
             bert,
             dense,
@@ -159,10 +184,16 @@ impl<B: EncoderBackend> SentenceEncoder<B> {
             bert_config,
             lowercase: st_config.do_lower_case,
             source_dir: Some(transformer_dir.clone()),
-            prompts: read_prompts(dir)?,
+            prompts: model_config.prompts,
+            truncate_dim: None,
         };
         encoder.check_widths()?;
-        Ok(encoder)
+        encoder
+            .with_truncate_dim(model_config.truncate_dim)
+            .map_err(|e| PoolingError::Invalid {
+                path: dir.join("config_sentence_transformers.json"),
+                message: e.to_string(),
+            })
     }
 
     /// Assembles an encoder from parts (a random BERT for tests, or one built in code).
@@ -183,6 +214,7 @@ impl<B: EncoderBackend> SentenceEncoder<B> {
             lowercase: false,
             source_dir: None,
             prompts: Prompts::default(),
+            truncate_dim: None,
         };
         encoder.check_widths()?;
         Ok(encoder)
@@ -238,12 +270,41 @@ impl<B: EncoderBackend> SentenceEncoder<B> {
         self.tokenizer.max_len()
     }
 
-    /// Width of the final embedding.
+    /// Cuts every embedding `encode` returns to its first `dim` values (`None`: full width), as
+    /// `SentenceTransformer(..., truncate_dim=dim)`. Fails for 0 or more than the pipeline's
+    /// width (sentence-transformers would return empty or uncut vectors).
+    pub fn with_truncate_dim(mut self, dim: Option<usize>) -> Result<Self, PoolingError> {
+        self.truncate_dim = self.check_truncate_dim(dim)?;
+        Ok(self)
+    }
+
+    fn check_truncate_dim(&self, dim: Option<usize>) -> Result<Option<usize>, PoolingError> {
+        let full = self.embedding_dim();
+        match dim {
+            Some(0) => Err(PoolingError::TruncateDim(
+                "truncate_dim must be at least 1".into(),
+            )),
+            Some(n) if n > full => Err(PoolingError::TruncateDim(format!(
+                "truncate_dim {n} is larger than the model's embedding dimension ({full})"
+            ))),
+            dim => Ok(dim),
+        }
+    }
+
+    /// Width of the pipeline's output, before any truncation: the last Dense layer's, else the
+    /// pooling's (what task heads read).
     pub fn embedding_dim(&self) -> usize {
         self.dense
             .last()
             .map(|d| d.out_features())
             .unwrap_or_else(|| self.pooling.output_dim())
+    }
+
+    /// Width of the embeddings `encode` returns by default: the model's
+    /// [`truncate_dim`](Self::truncate_dim), else [`embedding_dim`](Self::embedding_dim)
+    /// (sentence-transformers' `get_embedding_dimension`).
+    pub fn output_dim(&self) -> usize {
+        self.truncate_dim.unwrap_or_else(|| self.embedding_dim())
     }
 
     /// Tokenizes texts (unpadded), applying the model's lower-casing.
@@ -394,12 +455,15 @@ impl<B: EncoderBackend> SentenceEncoder<B> {
     }
 
     /// Encodes texts: tokenizes all, sorts by length so each batch pads little, runs the batches,
-    /// and returns embeddings in input order.
+    /// and returns embeddings in input order, truncated and normalized as the options say.
     pub fn encode_with(
         &self,
         texts: &[&str],
         options: &EncodeOptions,
     ) -> Result<EncodeOutput, PoolingError> {
+        let truncate_dim = self
+            .check_truncate_dim(options.truncate_dim)?
+            .or(self.truncate_dim);
         let prompt = self.resolve_prompt(options.prompt, options.prompt_name)?;
         let (encoded, prompt_length) = match &prompt {
             None => (self.tokenize(texts)?, 0),
@@ -433,7 +497,7 @@ impl<B: EncoderBackend> SentenceEncoder<B> {
                 .to_vec::<f32>()
                 .map_err(|e| PoolingError::Shape(format!("{e:?}")))?;
             for (row, &i) in values.chunks(dim).zip(chunk) {
-                embeddings[i] = row.to_vec();
+                embeddings[i] = finish(row, truncate_dim, options.normalize_embeddings);
             }
             if let Some(callback) = options.on_batch {
                 callback(chunk.len());
@@ -448,24 +512,35 @@ impl<B: EncoderBackend> SentenceEncoder<B> {
     }
 }
 
-/// Reads the prompts of a model folder's `config_sentence_transformers.json` (none when it is
-/// absent); a `default_prompt_name` that names no prompt is an error, as in
-/// sentence-transformers.
-fn read_prompts(dir: &Path) -> Result<Prompts, PoolingError> {
+/// One embedding as `encode` returns it, in sentence-transformers' order: cut to
+/// `truncate_dim`, then (`normalize_embeddings`) divided by its length, as
+/// `torch.nn.functional.normalize` does (by at least 1e-12).
+fn finish(row: &[f32], truncate_dim: Option<usize>, normalize: bool) -> Vec<f32> {
+    let mut e = row[..truncate_dim.unwrap_or(row.len())].to_vec();
+    if normalize {
+        let norm = e.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+        e.iter_mut().for_each(|x| *x /= norm);
+    }
+    e
+}
+
+/// Reads a model folder's `config_sentence_transformers.json` (defaults when it is absent); a
+/// `default_prompt_name` that names no prompt is an error, as in sentence-transformers.
+fn read_model_config(dir: &Path) -> Result<SentenceTransformersConfig, PoolingError> {
     let path = dir.join("config_sentence_transformers.json");
     if !path.is_file() {
-        return Ok(Prompts::default());
+        return Ok(SentenceTransformersConfig::default());
     }
-    let prompts: Prompts = crate::read_json(&path)?;
-    if let Some(name) = &prompts.default_prompt_name
-        && !prompts.prompts.contains_key(name)
+    let config: SentenceTransformersConfig = crate::read_json(&path)?;
+    if let Some(name) = &config.prompts.default_prompt_name
+        && !config.prompts.prompts.contains_key(name)
     {
         return Err(PoolingError::Invalid {
             path,
             message: format!("default_prompt_name `{name}` is not a key of `prompts`"),
         });
     }
-    Ok(prompts)
+    Ok(config)
 }
 
 /// Tokenizer files copied verbatim into a saved model when the source folder has them.
@@ -553,10 +628,14 @@ impl<B: EncoderBackend> SentenceEncoder<B> {
                 "idx": idx, "name": idx.to_string(), "path": name, "type": "sentence_transformers.models.Normalize"
             }));
         }
-        if !self.prompts.prompts.is_empty() {
+        if !self.prompts.prompts.is_empty() || self.truncate_dim.is_some() {
+            let mut config = serde_json::to_value(&self.prompts).expect("serializes");
+            if let Some(dim) = self.truncate_dim {
+                config["truncate_dim"] = dim.into();
+            }
             st_backbone::write_atomic(
                 &dir.join("config_sentence_transformers.json"),
-                json(serde_json::to_value(&self.prompts).expect("serializes")).as_bytes(),
+                json(config).as_bytes(),
             )?;
         }
         st_backbone::write_atomic(

@@ -13,6 +13,11 @@
 //! - Prompts: `EncodeOptions::prompt` / `prompt_name` prepend a prompt (the model's
 //!   `default_prompt_name` when neither is given), left out of pooling when the pooling's
 //!   `include_prompt` is false, as sentence-transformers does.
+//! - Matryoshka truncation: [`SentenceEncoder::with_truncate_dim`] (or
+//!   `config_sentence_transformers.json`'s `truncate_dim`) and `EncodeOptions::truncate_dim` cut
+//!   each embedding after the whole pipeline, `Normalize` included, without renormalizing;
+//!   `EncodeOptions::normalize_embeddings` normalizes after the cut (sentence-transformers'
+//!   `truncate_dim=` and `normalize_embeddings=`).
 //! - [`Precision`] and [`quantize`]: output embeddings in `int8`, `uint8`, `binary` or `ubinary`,
 //!   as sentence-transformers' `quantize_embeddings`.
 //!
@@ -55,6 +60,9 @@ pub enum PoolingError {
     Shape(String),
     #[error("{0}")]
     UnknownPrompt(String),
+    /// A `truncate_dim` of 0 or wider than the model's embeddings.
+    #[error("{0}")]
+    TruncateDim(String),
 }
 
 /// Reads and parses a JSON file, naming the file (and line) on failure.

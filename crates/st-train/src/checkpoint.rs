@@ -14,20 +14,20 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::optim::Optimizer;
 use burn_store::ModuleSnapshot;
 use st_backbone::{AutodiffEncoderBackend, EncoderBackend};
 use st_heads::MultiTaskModel;
+use st_runlog::LogRecord;
 
 use crate::TrainError;
-use crate::multitask::UncertaintyWeights;
+use crate::config::TrainConfig;
 use crate::resume::{Optimizers, ResumeState};
-use crate::trainer::TrainConfig;
+use crate::weighting::LossWeighter;
 
 /// The file whose presence marks a trained model (written with the heads, by every checkpoint).
 pub const MODEL_MARKER: &str = "heads.json";
-/// The run's log: one JSON line per step and per evaluation.
-pub const METRICS_LOG: &str = "metrics.jsonl";
+/// The run's log: one JSON line per step and per evaluation ([`st_runlog::LogRecord`]).
+pub use st_runlog::METRICS_LOG;
 /// Resume state inside the output folder.
 pub const RESUME_DIR: &str = "resume";
 /// The state file, written last into `resume/`.
@@ -295,9 +295,10 @@ impl RunLog {
         Ok(Self { file, path })
     }
 
-    pub fn write(&mut self, value: serde_json::Value) -> Result<(), TrainError> {
+    pub fn write(&mut self, record: &LogRecord) -> Result<(), TrainError> {
         use std::io::Write;
-        writeln!(self.file, "{value}").map_err(|e| TrainError::io(&self.path, e))
+        let line = serde_json::to_string(record).expect("log records serialize");
+        writeln!(self.file, "{line}").map_err(|e| TrainError::io(&self.path, e))
     }
 
     /// Bytes written so far.
@@ -311,21 +312,15 @@ impl RunLog {
 }
 
 /// One checkpoint: the model (when it improved) and the resume state, committed as one swap.
-pub(crate) struct Checkpoint<'a, B: AutodiffEncoderBackend, O1, O2, O3> {
+pub(crate) struct Checkpoint<'a, B: AutodiffEncoderBackend> {
     pub model: &'a MultiTaskModel<B>,
-    pub opts: &'a Optimizers<O1, O2, O3>,
-    pub uncertainty: Option<&'a UncertaintyWeights<B>>,
+    pub opts: &'a Optimizers<B>,
+    pub weighter: &'a dyn LossWeighter<B>,
     pub state: &'a ResumeState,
     pub with_model: bool,
 }
 
-impl<B, O1, O2, O3> Checkpoint<'_, B, O1, O2, O3>
-where
-    B: AutodiffEncoderBackend,
-    O1: Optimizer<MultiTaskModel<B>, B>,
-    O2: Optimizer<MultiTaskModel<B>, B>,
-    O3: Optimizer<UncertaintyWeights<B>, B>,
-{
+impl<B: AutodiffEncoderBackend> Checkpoint<'_, B> {
     /// Refuses non-finite weights (the folder keeps the last good checkpoint), then commits.
     /// `checkpointed`: this run committed before (else a run that overwrites carries nothing of
     /// the old model over).
@@ -351,7 +346,7 @@ where
                 &stage.join(RESUME_DIR),
                 self.model,
                 self.opts,
-                self.uncertainty,
+                self.weighter,
                 self.state,
             )
         })

@@ -1,21 +1,11 @@
 //! Task metrics: accuracy and macro-F1 for classification, entity-level F1 for IOB2 tagging
-//! (seqeval's default mode: a span counts only when type, start and end all match), Spearman.
+//! (seqeval's default mode: a span counts only when type, start and end all match), Spearman
+//! and Pearson correlation, and the ranking metrics of retrieval (MRR@k, recall@k).
 
 use std::collections::BTreeSet;
 
-/// The metric a task is judged by, in order of preference: what the trainer logs for sentence
-/// tasks (`accuracy`), token tasks (`entity_f1`) and similarity (`spearman`). Checkpoint
-/// selection and `st plot` read it from here, so a renamed metric cannot fall out of either.
-pub const MAIN_METRICS: [&str; 4] = ["accuracy", "entity_f1", "macro_f1", "spearman"];
-
-/// The main metric of one task's results (see [`MAIN_METRICS`]).
-pub fn main_metric(
-    metrics: &std::collections::BTreeMap<String, f64>,
-) -> Option<(&'static str, f64)> {
-    MAIN_METRICS
-        .iter()
-        .find_map(|&name| metrics.get(name).map(|&v| (name, v)))
-}
+/// The metric a task is judged by (checkpoint selection, `st plot`): one list, in st-runlog.
+pub use st_runlog::{MAIN_METRICS, main_metric};
 
 /// Fraction of equal pairs.
 pub fn accuracy(predicted: &[usize], gold: &[usize]) -> f64 {
@@ -134,7 +124,7 @@ fn ranks(values: &[f64]) -> Vec<f64> {
     ranks
 }
 
-fn pearson(a: &[f64], b: &[f64]) -> f64 {
+pub fn pearson(a: &[f64], b: &[f64]) -> f64 {
     let n = a.len() as f64;
     let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
     let cov: f64 = a.iter().zip(b).map(|(x, y)| (x - ma) * (y - mb)).sum();
@@ -146,6 +136,28 @@ fn pearson(a: &[f64], b: &[f64]) -> f64 {
 /// Spearman rank correlation.
 pub fn spearman(a: &[f64], b: &[f64]) -> f64 {
     pearson(&ranks(a), &ranks(b))
+}
+
+/// Mean reciprocal rank over queries whose correct candidate ranked at `ranks[i]` (1-based),
+/// counting only ranks ≤ `k` (sentence-transformers' `InformationRetrievalEvaluator`).
+pub fn mrr_at_k(ranks: &[usize], k: usize) -> f64 {
+    if ranks.is_empty() {
+        return 0.0;
+    }
+    let sum: f64 = ranks
+        .iter()
+        .filter(|&&r| r <= k)
+        .map(|&r| 1.0 / r as f64)
+        .sum();
+    sum / ranks.len() as f64
+}
+
+/// Fraction of queries whose correct candidate ranked within the first `k`.
+pub fn recall_at_k(ranks: &[usize], k: usize) -> f64 {
+    if ranks.is_empty() {
+        return 0.0;
+    }
+    ranks.iter().filter(|&&r| r <= k).count() as f64 / ranks.len() as f64
 }
 
 #[cfg(test)]
@@ -187,6 +199,14 @@ mod tests {
         ];
         let (p, r, f) = entity_f1(&data);
         assert!((p - 0.5).abs() < 1e-12 && (r - 0.5).abs() < 1e-12 && (f - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn ranking_metrics() {
+        let ranks = [1, 2, 11, 4];
+        assert!((mrr_at_k(&ranks, 10) - (1.0 + 0.5 + 0.0 + 0.25) / 4.0).abs() < 1e-12);
+        assert!((recall_at_k(&ranks, 1) - 0.25).abs() < 1e-12);
+        assert!((recall_at_k(&ranks, 10) - 0.75).abs() < 1e-12);
     }
 
     #[test]

@@ -1,10 +1,8 @@
-//! Task sampling and loss weighting across tasks.
+//! Task sampling across data sources, and the loss-weighting config (its methods are in
+//! [`crate::weighting`]).
 
 use std::collections::BTreeMap;
 
-use burn::module::{Module, Param};
-use burn::tensor::Tensor;
-use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
 /// A small deterministic generator (SplitMix64): runs repeat exactly for a seed, and any step's
@@ -36,6 +34,13 @@ impl Rng {
     /// Uniform in [0, 1).
     pub fn next_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Standard normal (Box–Muller).
+    pub fn normal(&mut self) -> f64 {
+        let u1 = 1.0 - self.next_f64(); // (0, 1]: ln stays finite
+        let u2 = self.next_f64();
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
     }
 
     pub fn below(&mut self, n: usize) -> usize {
@@ -133,10 +138,26 @@ pub enum Weighting {
         #[serde(default = "two")]
         temperature: f64,
     },
+    /// Lin et al. 2021, Random Loss Weighting: fresh weights `softmax(N(0, 1))` every step.
+    Rlw,
+    /// Liu et al. 2023, FAMO: weights that balance the tasks' rates of improvement, learned
+    /// by Adam on task logits (`lr`, weight decay `gamma`; the reference code's 0.025 and 0.01).
+    Famo {
+        #[serde(default = "famo_lr")]
+        lr: f64,
+        #[serde(default = "famo_gamma")]
+        gamma: f64,
+    },
 }
 
 fn two() -> f64 {
     2.0
+}
+fn famo_lr() -> f64 {
+    0.025
+}
+fn famo_gamma() -> f64 {
+    0.01
 }
 
 impl Default for Weighting {
@@ -144,61 +165,6 @@ impl Default for Weighting {
         Weighting::Static {
             weights: BTreeMap::new(),
         }
-    }
-}
-
-/// Learned log-variances for uncertainty weighting, one per task.
-#[derive(Module, Debug)]
-pub struct UncertaintyWeights<B: Backend> {
-    pub log_vars: Param<Tensor<B, 1>>,
-}
-
-impl<B: Backend> UncertaintyWeights<B> {
-    pub fn new(tasks: usize, device: &B::Device) -> Self {
-        Self {
-            log_vars: Param::from_tensor(Tensor::zeros([tasks], device)),
-        }
-    }
-
-    /// `exp(-s_t)·L_t + s_t` for task `t`.
-    pub fn weigh(&self, task: usize, loss: Tensor<B, 1>) -> Tensor<B, 1> {
-        let s = self.log_vars.val().narrow(0, task, 1);
-        (-s.clone()).exp() * loss + s
-    }
-
-    /// The effective weights `exp(-s)`.
-    pub fn weights(&self) -> Vec<f64> {
-        self.log_vars
-            .val()
-            .neg()
-            .exp()
-            .into_data()
-            .convert::<f64>()
-            .to_vec::<f64>()
-            .unwrap_or_default()
-    }
-}
-
-/// Dynamic Weight Average state: the mean loss of each task in the last two epochs.
-#[derive(Debug, Clone, Default)]
-pub struct DwaState {
-    pub history: Vec<Vec<f64>>,
-}
-
-impl DwaState {
-    /// Weights for the coming epoch; 1 for each task until two epochs are known.
-    pub fn weights(&self, tasks: usize, temperature: f64) -> Vec<f64> {
-        let n = self.history.len();
-        if n < 2 {
-            return vec![1.0; tasks];
-        }
-        let (prev, before) = (&self.history[n - 1], &self.history[n - 2]);
-        let r: Vec<f64> = (0..tasks)
-            .map(|t| prev[t] / before[t].max(1e-12))
-            .map(|r| (r / temperature).exp())
-            .collect();
-        let total: f64 = r.iter().sum();
-        r.iter().map(|x| tasks as f64 * x / total).collect()
     }
 }
 
@@ -246,17 +212,6 @@ mod tests {
         }
         assert_eq!(Sampling::AllTasks.batches_per_step(3), 3);
         assert_eq!(Sampling::Temperature { t: 2.0 }.batches_per_step(3), 1);
-    }
-
-    #[test]
-    fn dwa_upweights_the_task_that_improves_least() {
-        let state = DwaState {
-            history: vec![vec![1.0, 1.0], vec![0.5, 0.9]],
-        };
-        let w = state.weights(2, 2.0);
-        assert!((w.iter().sum::<f64>() - 2.0).abs() < 1e-12);
-        assert!(w[1] > w[0], "{w:?}");
-        assert_eq!(DwaState::default().weights(3, 2.0), vec![1.0; 3]);
     }
 
     #[test]

@@ -1,103 +1,107 @@
-//! Predictions of a trained multi-task model.
+//! Predictions of a trained multi-task model, through each head's [`TaskKind`]: a single text
+//! gets its sentence and token tasks' answers, a pair its pair tasks' (a label for pair
+//! classification, the cosine similarity for similarity and retrieval tasks).
 
 use std::collections::BTreeMap;
 
-use burn::tensor::activation::softmax;
 use serde::Serialize;
-use st_backbone::{Encoded, EncoderBackend, TokenBatch};
-use st_heads::{HeadKind, HeadOutput, MultiTaskModel};
+use st_backbone::EncoderBackend;
+use st_heads::{HeadKind, MultiTaskModel};
 
 use crate::TrainError;
+use crate::batch::Row;
+use crate::evaluate::{kinds_of, outputs};
+use crate::kinds::token::tag_names;
+use crate::kinds::{Output, Target};
 
-/// One task's answer for one text.
+/// One task's answer for one input.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum TaskPrediction {
-    /// Sentence task: the label and its probability.
+    /// Sentence or pair classification: the label and its probability.
     Sentence { label: String, probability: f64 },
     /// Token task: one tag per whitespace-separated word.
     Token {
         words: Vec<String>,
         tags: Vec<String>,
     },
+    /// Similarity or retrieval task on a pair: the cosine of the two embeddings.
+    Similarity { similarity: f64 },
 }
 
-/// Runs every head on `texts` (batched, in input order). Token tasks tag whitespace-separated
-/// words, reading each word's first sub-word; words past `max_seq_length` are tagged `O`.
+/// What to predict on: a text, or a pair of texts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PredictInput<'a> {
+    Text(&'a str),
+    Pair(&'a str, &'a str),
+}
+
+/// Whether a task of `kind` answers on `input`.
+fn answers(kind: HeadKind, input: &PredictInput) -> bool {
+    matches!(input, PredictInput::Pair(..)) == !matches!(kind, HeadKind::Sentence | HeadKind::Token)
+}
+
+/// Runs every head that answers on each input (batched, in input order). Token tasks tag
+/// whitespace-separated words, reading each word's first sub-word; words past
+/// `max_seq_length` are tagged `O`.
 pub fn predict<B: EncoderBackend>(
     model: &MultiTaskModel<B>,
-    texts: &[&str],
+    inputs: &[PredictInput],
     batch_size: usize,
 ) -> Result<Vec<BTreeMap<String, TaskPrediction>>, TrainError> {
-    let device = burn::module::Module::devices(&model.encoder.bert)
-        .into_iter()
-        .next()
-        .unwrap_or_default();
     let specs = model.specs();
     let has_token_task = specs.iter().any(|s| s.kind == HeadKind::Token);
-    let mut rows: Vec<(Encoded, Vec<Option<usize>>, Vec<String>)> = Vec::with_capacity(texts.len());
-    for text in texts {
-        let words: Vec<String> = text.split_whitespace().map(String::from).collect();
-        if has_token_task {
-            let (encoded, starts) = model.encoder.tokenize_words(&words)?;
-            rows.push((encoded, starts, words));
+    let mut rows = Vec::with_capacity(inputs.len());
+    let mut words = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let (first, second) = match *input {
+            PredictInput::Text(t) => (t, None),
+            PredictInput::Pair(a, b) => (a, Some(b)),
+        };
+        let w: Vec<String> = first.split_whitespace().map(String::from).collect();
+        let (encoded, word_starts) = if has_token_task && second.is_none() {
+            model.encoder.tokenize_words(&w)?
         } else {
-            let encoded = model.encoder.tokenize(&[text])?.remove(0);
-            let n = encoded.ids.len();
-            rows.push((encoded, vec![None; n], words));
+            let e = model.encoder.tokenize(&[first])?.remove(0);
+            let n = e.ids.len();
+            (e, vec![None; n])
+        };
+        let mut texts = vec![encoded];
+        if let Some(b) = second {
+            texts.extend(model.encoder.tokenize(&[b])?);
         }
+        // No gold label: the target only marks which heads answer.
+        let targets = specs
+            .iter()
+            .map(|s| answers(s.kind, input).then_some(Target::Unlabelled))
+            .collect();
+        rows.push(Row {
+            texts,
+            targets,
+            word_starts,
+            n_words: w.len(),
+        });
+        words.push(w);
     }
-    let mut out = vec![BTreeMap::new(); texts.len()];
-    let idx: Vec<usize> = (0..texts.len()).collect();
-    for chunk in idx.chunks(batch_size.max(1)) {
-        let encoded: Vec<&Encoded> = chunk.iter().map(|&i| &rows[i].0).collect();
-        let batch = TokenBatch::pad(&encoded, model.encoder.tokenizer.pad_id());
-        let outputs = model.forward(batch.to_input::<B>(&device), &[]);
-        for (h, output) in outputs.into_iter().enumerate() {
-            let Some(output) = output else { continue };
-            let seq = match &output {
-                HeadOutput::Token(t) => t.dims()[1],
-                HeadOutput::Sentence(_) => 1,
+    let per_head = outputs(model, &kinds_of(model), &rows, batch_size);
+    let mut out = vec![BTreeMap::new(); inputs.len()];
+    for (spec, outs) in specs.iter().zip(per_head) {
+        for (i, output) in outs {
+            let prediction = match output {
+                Output::Class { class, probability } => TaskPrediction::Sentence {
+                    label: spec.labels[class].clone(),
+                    probability,
+                },
+                Output::Tags(ids) => TaskPrediction::Token {
+                    words: words[i].clone(),
+                    tags: tag_names(spec, &ids),
+                },
+                Output::Score(similarity) => TaskPrediction::Similarity { similarity },
+                Output::Embeddings(e) => TaskPrediction::Similarity {
+                    similarity: e[0].iter().zip(&e[1]).map(|(a, b)| (a * b) as f64).sum(),
+                },
             };
-            let probs = softmax(output.flat_logits(), 1);
-            let classes = specs[h].labels.len();
-            let values: Vec<f32> = probs
-                .into_data()
-                .convert::<f32>()
-                .to_vec()
-                .unwrap_or_default();
-            let argmax = |row: usize| -> (usize, f32) {
-                let p = &values[row * classes..(row + 1) * classes];
-                p.iter().enumerate().fold(
-                    (0, f32::MIN),
-                    |best, (i, &v)| if v > best.1 { (i, v) } else { best },
-                )
-            };
-            for (k, &i) in chunk.iter().enumerate() {
-                let prediction = match specs[h].kind {
-                    HeadKind::Sentence => {
-                        let (c, p) = argmax(k);
-                        TaskPrediction::Sentence {
-                            label: specs[h].labels[c].clone(),
-                            probability: p as f64,
-                        }
-                    }
-                    HeadKind::Token => {
-                        let (_, starts, words) = &rows[i];
-                        let mut tags = vec!["O".to_string(); words.len()];
-                        for (pos, w) in starts.iter().enumerate() {
-                            if let Some(w) = w {
-                                tags[*w] = specs[h].labels[argmax(k * seq + pos).0].clone();
-                            }
-                        }
-                        TaskPrediction::Token {
-                            words: words.clone(),
-                            tags,
-                        }
-                    }
-                };
-                out[i].insert(specs[h].name.clone(), prediction);
-            }
+            out[i].insert(spec.name.clone(), prediction);
         }
     }
     Ok(out)

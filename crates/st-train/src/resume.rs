@@ -5,26 +5,26 @@
 use std::path::Path;
 
 use burn::module::Module;
-use burn::optim::Optimizer;
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{AdamW, Optimizer};
 use burn::record::Recorder as _;
 use serde::{Deserialize, Serialize};
 use st_backbone::AutodiffEncoderBackend;
 use st_heads::MultiTaskModel;
+use st_runlog::Metrics;
 
 use crate::TrainError;
 use crate::checkpoint::RESUME_STATE;
-use crate::multitask::UncertaintyWeights;
-use crate::trainer::Metrics;
+use crate::weighting::LossWeighter;
 
-/// Everything besides weights and optimizer moments that a resumed run needs. Batch order and
-/// dropout masks are functions of `(seed, step)`, so they need no saving.
+/// Everything besides weights, optimizer moments and the loss weighter's state that a resumed
+/// run needs. Batch order and dropout masks are functions of `(seed, step)`, so they need no
+/// saving.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct ResumeState {
     pub step: usize,
     /// Per source: position in the current pass, and the pass number.
     pub cursors: Vec<(usize, u64)>,
-    pub dwa: Vec<Vec<f64>>,
-    pub epoch_losses: Vec<(f64, usize)>,
     pub best: Option<(f64, Metrics)>,
     pub since_best: usize,
     /// Length of `metrics.jsonl` when the checkpoint was taken: a resumed run cuts the log back
@@ -43,28 +43,23 @@ fn recorder_err(path: &Path) -> impl Fn(burn::record::RecorderError) -> TrainErr
     }
 }
 
-/// The optimizers a run steps: AdamW with and without weight decay, and the one for the
-/// uncertainty weights' log-variances.
-pub(crate) struct Optimizers<O1, O2, O3> {
-    pub decay: O1,
-    pub plain: O2,
-    pub uncertainty: O3,
+/// AdamW over the model.
+pub(crate) type ModelOptimizer<B> = OptimizerAdaptor<AdamW, MultiTaskModel<B>, B>;
+
+/// The model's optimizers: AdamW with and without weight decay (biases and LayerNorm get none).
+pub(crate) struct Optimizers<B: AutodiffEncoderBackend> {
+    pub decay: ModelOptimizer<B>,
+    pub plain: ModelOptimizer<B>,
 }
 
 /// Writes resume state into the empty folder `dir`.
-pub(crate) fn write<B, O1, O2, O3>(
+pub(crate) fn write<B: AutodiffEncoderBackend>(
     dir: &Path,
     model: &MultiTaskModel<B>,
-    opts: &Optimizers<O1, O2, O3>,
-    uncertainty: Option<&UncertaintyWeights<B>>,
+    opts: &Optimizers<B>,
+    weighter: &dyn LossWeighter<B>,
     state: &ResumeState,
-) -> Result<(), TrainError>
-where
-    B: AutodiffEncoderBackend,
-    O1: Optimizer<MultiTaskModel<B>, B>,
-    O2: Optimizer<MultiTaskModel<B>, B>,
-    O3: Optimizer<UncertaintyWeights<B>, B>,
-{
+) -> Result<(), TrainError> {
     std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
     let rec = Recorder::new();
     let bad = recorder_err(dir);
@@ -76,13 +71,7 @@ where
         .map_err(&bad)?;
     rec.record(opts.plain.to_record(), dir.join("opt_plain"))
         .map_err(&bad)?;
-    if let Some(u) = uncertainty {
-        u.clone()
-            .save_file(dir.join("uncertainty"), &rec)
-            .map_err(&bad)?;
-        rec.record(opts.uncertainty.to_record(), dir.join("opt_uncertainty"))
-            .map_err(&bad)?;
-    }
+    weighter.save(dir)?;
     let text = serde_json::to_string(state).expect("state serializes");
     let path = dir.join(RESUME_STATE);
     std::fs::write(&path, text).map_err(|e| TrainError::io(&path, e))
@@ -99,50 +88,28 @@ pub(crate) fn read_state(dir: &Path) -> Result<ResumeState, TrainError> {
     })
 }
 
-/// A model, its optimizers and its uncertainty weights, as resume state restores them.
-pub(crate) type Restored<B, O1, O2, O3> = (
-    MultiTaskModel<B>,
-    Optimizers<O1, O2, O3>,
-    Option<UncertaintyWeights<B>>,
-);
-
-/// Loads the model and optimizer records of `dir` into the given fresh ones.
-pub(crate) fn load<B, O1, O2, O3>(
+/// Loads the model, optimizer and weighter records of `dir` into the given fresh ones.
+pub(crate) fn load<B: AutodiffEncoderBackend>(
     dir: &Path,
     device: &B::Device,
     model: MultiTaskModel<B>,
-    opts: Optimizers<O1, O2, O3>,
-    uncertainty: Option<UncertaintyWeights<B>>,
-) -> Result<Restored<B, O1, O2, O3>, TrainError>
-where
-    B: AutodiffEncoderBackend,
-    O1: Optimizer<MultiTaskModel<B>, B>,
-    O2: Optimizer<MultiTaskModel<B>, B>,
-    O3: Optimizer<UncertaintyWeights<B>, B>,
-{
+    opts: Optimizers<B>,
+    weighter: &mut dyn LossWeighter<B>,
+) -> Result<(MultiTaskModel<B>, Optimizers<B>), TrainError> {
     let rec = Recorder::new();
     let at = |name: &str| dir.join(name);
     let bad = recorder_err(dir);
     let model = model.load_file(at("model"), &rec, device).map_err(&bad)?;
-    let mut opts = Optimizers {
+    let opts = Optimizers {
         decay: opts
             .decay
             .load_record(rec.load(at("opt_decay"), device).map_err(&bad)?),
         plain: opts
             .plain
             .load_record(rec.load(at("opt_plain"), device).map_err(&bad)?),
-        uncertainty: opts.uncertainty,
     };
-    let uncertainty = match uncertainty {
-        Some(u) => {
-            opts.uncertainty = opts
-                .uncertainty
-                .load_record(rec.load(at("opt_uncertainty"), device).map_err(&bad)?);
-            Some(u.load_file(at("uncertainty"), &rec, device).map_err(&bad)?)
-        }
-        None => None,
-    };
-    Ok((model, opts, uncertainty))
+    weighter.load(dir)?;
+    Ok((model, opts))
 }
 
 /// Cuts `log` back to its first `bytes` bytes, in one rename (a kill leaves the old log or the

@@ -2,8 +2,8 @@
 //! its range, errors naming the config key (and the flag, where there is one).
 
 use crate::TrainError;
+use crate::config::TrainConfig;
 use crate::multitask::{Sampling, Weighting};
-use crate::trainer::TrainConfig;
 
 fn refuse(message: String) -> Result<(), TrainError> {
     Err(TrainError::Config(message))
@@ -61,7 +61,11 @@ impl TrainConfig {
                     at_least(&format!("`weighting.weights.{task}`"), *w, 0.0, true)?;
                 }
             }
-            Weighting::Uncertainty => {}
+            Weighting::Famo { lr, gamma } => {
+                at_least("`weighting.lr`", *lr, 0.0, false)?;
+                at_least("`weighting.gamma`", *gamma, 0.0, true)?;
+            }
+            Weighting::Uncertainty | Weighting::Rlw => {}
         }
         for (task, options) in &self.tasks {
             if let Some(p) = options.dropout
@@ -184,8 +188,8 @@ mod tests {
                 c.tasks.insert(
                     "topic".into(),
                     crate::TaskOptions {
-                        hidden: None,
                         dropout: Some(1.0),
+                        ..Default::default()
                     },
                 );
             },

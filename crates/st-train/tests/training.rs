@@ -627,8 +627,8 @@ fn two_accumulated_batches_of_16_equal_one_of_32() {
             c.tasks.insert(
                 task.into(),
                 st_train::TaskOptions {
-                    hidden: None,
                     dropout: Some(0.0),
+                    ..Default::default()
                 },
             );
         }
@@ -817,5 +817,180 @@ fn every_family_trains_with_its_bottom_layer_frozen() {
             frozen > 5 && moved > 3,
             "{family}: {frozen} frozen, {moved} moved"
         );
+    }
+}
+
+/// Pair records built from the topic/sentiment set: consecutive texts as pairs, scored by how
+/// many of the two labels they share (similarity `sts`), classified same or different topic
+/// (`same_topic`); and retrieval records, each text's anchor being its first half.
+fn pair_data(dir: &Path, source: &str, name: &str) -> (PathBuf, PathBuf) {
+    let examples = st_train::data::load(&DataSpec::new(dataset(source))).unwrap();
+    let label = |i: usize, task: &str| format!("{:?}", examples[i].labels.get(task));
+    let mut pairs = String::new();
+    let mut retrieval = String::new();
+    for i in 0..examples.len() - 1 {
+        let shared = ["topic", "sentiment"]
+            .iter()
+            .filter(|t| label(i, t) == label(i + 1, t))
+            .count();
+        let same = if label(i, "topic") == label(i + 1, "topic") {
+            "same"
+        } else {
+            "different"
+        };
+        pairs.push_str(&format!(
+            "{}\n",
+            serde_json::json!({"text1": examples[i].text, "text2": examples[i + 1].text,
+                "labels": {"sts": shared as f64 / 2.0, "same_topic": same}})
+        ));
+        let words: Vec<&str> = examples[i].text.split_whitespace().collect();
+        let half = words.len().div_ceil(2);
+        retrieval.push_str(&format!(
+            "{}\n",
+            serde_json::json!({"anchor": words[..half].join(" "), "positive": examples[i].text})
+        ));
+    }
+    let (p, r) = (
+        dir.join(format!("{name}-pairs.jsonl")),
+        dir.join(format!("{name}-retrieval.jsonl")),
+    );
+    std::fs::write(&p, pairs).unwrap();
+    std::fs::write(&r, retrieval).unwrap();
+    (p, r)
+}
+
+#[test]
+fn pair_tasks_train_beside_sentence_tasks_and_the_saved_model_answers_them() {
+    let (_guard, dir, model) = setup();
+    let (train_pairs, train_retrieval) = pair_data(dir.path(), "train.jsonl", "train");
+    let (eval_pairs, eval_retrieval) = pair_data(dir.path(), "test.jsonl", "test");
+    let out = dir.path().join("out");
+    let mut c = config(&model, &out);
+    c.train
+        .extend([DataSpec::new(&train_pairs), DataSpec::new(&train_retrieval)]);
+    c.eval
+        .extend([DataSpec::new(&eval_pairs), DataSpec::new(&eval_retrieval)]);
+    c.sampling = st_train::Sampling::AllTasks;
+    c.weighting = st_train::Weighting::Famo {
+        lr: 0.025,
+        gamma: 0.01,
+    };
+    c.max_steps = Some(12);
+    c.lr = LayerwiseLrDecay::flat(1e-3);
+    c.tasks.insert(
+        "retrieval".into(),
+        st_train::TaskOptions {
+            symmetric: true,
+            matryoshka: Some(vec![32, 16]),
+            ..Default::default()
+        },
+    );
+    let mut sts_losses = Vec::new();
+    let summary = train::<B>(&c, &model, &Default::default(), &mut |e| {
+        if let Event::Step { losses, .. } = e {
+            sts_losses.extend(
+                losses
+                    .iter()
+                    .filter(|(t, ..)| t == "sts")
+                    .map(|(_, l, _)| *l),
+            );
+        }
+    })
+    .unwrap();
+    let m = &summary.metrics;
+    for (task, metric) in [
+        ("sts", "spearman"),
+        ("sts", "pearson"),
+        ("same_topic", "accuracy"),
+        ("retrieval", "mrr_at_10"),
+        ("retrieval", "recall_at_1"),
+        ("topic", "accuracy"),
+    ] {
+        assert!(m[task][metric].is_finite(), "{task}.{metric}: {m:?}");
+    }
+    assert_eq!(
+        sts_losses.len(),
+        12,
+        "all_tasks: a similarity loss every step"
+    );
+    // CoSENT is log(1 + Σ …) over the batch's ordered pairs: positive.
+    assert!(
+        sts_losses.iter().all(|l| l.is_finite() && *l > 0.0),
+        "{sts_losses:?}"
+    );
+
+    // The saved folder: its heads say their kinds, its metrics are the best evaluation's, and a
+    // pair gets its similarity and class.
+    let heads = std::fs::read_to_string(out.join("heads.json")).unwrap();
+    for kind in [
+        "\"similarity\"",
+        "\"pair_classification\"",
+        "\"retrieval\"",
+        "\"sentence\"",
+    ] {
+        assert!(heads.contains(kind), "{kind} missing from {heads}");
+    }
+    let trained = load_trained::<Flex>(&out, &Default::default()).unwrap();
+    let again = st_train::evaluate_on(&trained, &c.eval, 64).unwrap();
+    for (task, metric) in [
+        ("sts", "spearman"),
+        ("retrieval", "mrr_at_10"),
+        ("same_topic", "accuracy"),
+    ] {
+        assert!(
+            (again[task][metric] - m[task][metric]).abs() < 1e-4,
+            "{task}: {again:?} vs {m:?}"
+        );
+    }
+    use st_train::predict::PredictInput;
+    let answers = st_train::predict(
+        &trained,
+        &[
+            PredictInput::Pair("the game was great", "the match was great"),
+            PredictInput::Text("stocks fell"),
+        ],
+        8,
+    )
+    .unwrap();
+    assert!(
+        matches!(answers[0]["sts"], st_train::TaskPrediction::Similarity { similarity } if similarity.abs() <= 1.0 + 1e-6)
+    );
+    assert!(matches!(
+        answers[0]["same_topic"],
+        st_train::TaskPrediction::Sentence { .. }
+    ));
+    assert!(!answers[0].contains_key("topic") && answers[1].contains_key("topic"));
+    assert!(!answers[1].contains_key("sts"));
+}
+
+#[test]
+fn a_resumed_pair_run_with_famo_reaches_the_unbroken_runs_parameters() {
+    let (_guard, dir, model) = setup();
+    let (pairs, _) = pair_data(dir.path(), "train.jsonl", "train");
+    let (full, resumed) = (dir.path().join("full"), dir.path().join("resumed"));
+    let mut c = config(&model, &full);
+    c.train.push(DataSpec::new(&pairs));
+    c.eval = vec![DataSpec::new(&pairs)];
+    c.sampling = st_train::Sampling::AllTasks;
+    c.weighting = st_train::Weighting::Famo {
+        lr: 0.025,
+        gamma: 0.01,
+    };
+    c.epochs = 2;
+    c.lr = LayerwiseLrDecay::flat(1e-3);
+    // The unbroken run's folder, copied aside after epoch 1 as if it crashed there.
+    train::<B>(&c, &model, &Default::default(), &mut |e| {
+        if let Event::Eval { epoch: 1, .. } = e {
+            copy_dir(&full, &resumed);
+        }
+    })
+    .unwrap();
+    let mut r = c.clone();
+    r.output = resumed.clone();
+    r.resume = true;
+    train::<B>(&r, &model, &Default::default(), &mut |_| {}).unwrap();
+    for file in ["model.mpk", "famo.json"] {
+        let read = |dir: &Path| std::fs::read(dir.join("resume").join(file)).unwrap();
+        assert!(read(&full) == read(&resumed), "{file} differs after resume");
     }
 }

@@ -607,11 +607,11 @@ impl Bench<'_> {
                     .args(["--max-steps", &steps.to_string()])
                     .args(["--batch-size", "32", "--max-seq-length", "64"]),
             )?;
-            let log = std::fs::read_to_string(dir.join("metrics.jsonl"))?;
-            let ms: Vec<f64> = log
-                .lines()
-                .filter_map(|l| {
-                    serde_json::from_str::<serde_json::Value>(l).ok()?["step_ms"].as_f64()
+            let ms: Vec<f64> = st_runlog::read_log(&dir.join(st_runlog::METRICS_LOG))?
+                .into_iter()
+                .filter_map(|r| match r {
+                    st_runlog::LogRecord::Step(s) => Some(s.step_ms),
+                    st_runlog::LogRecord::Eval(_) => None,
                 })
                 .skip(steps.min(5))
                 .collect();

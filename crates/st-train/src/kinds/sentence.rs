@@ -1,0 +1,50 @@
+//! Sentence classification: one label per text, from its pooled embedding.
+
+use std::collections::BTreeMap;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use st_heads::{HeadSpec, TaskHead, masked_cross_entropy};
+
+use super::{Features, Output, Target, TaskKind, TaskRow, class_metrics, class_target, classes};
+use crate::data::Label;
+
+/// Cross-entropy over the classes of the pooled embedding; accuracy and macro-F1.
+pub struct SentenceClassification;
+
+/// The class ids of `rows` as a target tensor.
+pub(crate) fn class_ids<B: Backend>(rows: &[TaskRow], device: &B::Device) -> Tensor<B, 1, Int> {
+    let ids: Vec<i64> = rows
+        .iter()
+        .map(|r| match r.target {
+            Target::Class(c) => *c,
+            _ => st_heads::IGNORE,
+        })
+        .collect();
+    Tensor::from_data(TensorData::new(ids, [rows.len()]), device)
+}
+
+impl<B: Backend> TaskKind<B> for SentenceClassification {
+    fn target(
+        &self,
+        spec: &HeadSpec,
+        label: &Label,
+        _: &[Option<usize>],
+    ) -> Result<Target, String> {
+        class_target(spec, label)
+    }
+
+    fn loss(&self, head: &TaskHead<B>, features: &Features<B>, rows: &[TaskRow]) -> Tensor<B, 1> {
+        let logits = head.classifier().forward(features.pooled_at(rows, 0));
+        let targets = class_ids(rows, &logits.device());
+        masked_cross_entropy(logits, targets).0
+    }
+
+    fn outputs(&self, head: &TaskHead<B>, features: &Features<B>, rows: &[TaskRow]) -> Vec<Output> {
+        classes(head.classifier().forward(features.pooled_at(rows, 0)))
+    }
+
+    fn metrics(&self, spec: &HeadSpec, rows: &[(Output, &Label)]) -> BTreeMap<String, f64> {
+        class_metrics(spec, rows)
+    }
+}
