@@ -37,7 +37,7 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
 type Done = std::cell::RefCell<BTreeMap<String, (PathBuf, RunResult)>>;
 
 /// The datasets the experiment configs name (as `../shared/datasets/NAME/...`).
-pub const DATASETS: &[&str] = &["trec", "sst2", "snips"];
+pub const DATASETS: &[&str] = &["trec", "sst2", "snips", "stsb", "sick", "msrp"];
 
 pub struct Experiments<'a> {
     pub done: Done,
@@ -138,10 +138,12 @@ impl Experiments<'_> {
         .context("st train --json printed no st_runlog::TrainSummary")?;
         let mut metrics = BTreeMap::new();
         for (task, m) in &summary.metrics {
-            for key in st_runlog::MAIN_METRICS {
-                if let Some(v) = m.get(key) {
-                    metrics.insert(format!("{task} {key}"), v * 100.0);
-                }
+            // Each task's main metric, and a similarity task's Spearman on truncated embeddings.
+            let shown = m.iter().filter(|(key, _)| {
+                st_runlog::MAIN_METRICS.contains(&key.as_str()) || key.starts_with("spearman_at_")
+            });
+            for (key, v) in shown {
+                metrics.insert(format!("{task} {key}"), v * 100.0);
             }
         }
         // Steps of a resumed run are in the log, not in this invocation's summary alone.

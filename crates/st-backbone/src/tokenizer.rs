@@ -158,7 +158,7 @@ impl BertTokenizer {
                 // a word (a lone `Ġ` or `▁`) starts at that space: it opens the next word, as
                 // Hugging Face's `word_ids` count it.
                 let word = pre_token
-                    .and(Some(word_ends.partition_point(|&end| end <= start)))
+                    .map(|_| word_ends.partition_point(|&end| end <= start))
                     .filter(|&w| w < words.len());
                 let first = word.is_some() && word != seen;
                 if word.is_some() {

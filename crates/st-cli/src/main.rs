@@ -159,8 +159,9 @@ Full control: st train --print-config > run.toml, edit, then st train --config r
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
     },
-    /// Describe a model: architecture, parameters, pooling, maximum length; or, with
-    /// --backends, the compute backends this binary has and the devices they see.
+    /// Describe a model: architecture, parameters, pooling, maximum length, prompts and
+    /// truncate_dim (config_sentence_transformers.json); or, with --backends, the compute
+    /// backends this binary has and the devices they see.
     Info {
         #[command(flatten)]
         model: ModelArgs,

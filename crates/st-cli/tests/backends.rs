@@ -6,6 +6,9 @@
 //! parameters bit-identical, move each layer-wise LR group at its own rate, and agree with the
 //! same steps on flex (an optimizer step gone wrong on one backend shows up here); and the `st`
 //! binary's `--backend` flag encodes like flex.
+//!
+//! The other families (MPNet, RoBERTa, XLM-R, DistilBERT) are checked against PyTorch on every
+//! compiled-in backend by `crates/st-backbone/tests/families.rs`, which the same features enable.
 
 mod common;
 

@@ -116,7 +116,8 @@ pub struct SentenceEncoder<B: Backend> {
     #[module(skip)]
     pub prompts: Prompts,
     /// Width `encode` cuts embeddings to unless its options say otherwise
-    /// (`config_sentence_transformers.json`'s `truncate_dim`, or [`SentenceEncoder::with_truncate_dim`]).
+    /// (`config_sentence_transformers.json`'s `truncate_dim`, or
+    /// [`SentenceEncoder::with_truncate_dim`]).
     #[module(skip)]
     pub truncate_dim: Option<usize>,
 }
@@ -249,6 +250,8 @@ impl<B: EncoderBackend> SentenceEncoder<B> {
         self.pooling = Pooling::new(modes.iter().copied(), self.bert_config.hidden_size)?;
         self.pooling.include_prompt = include_prompt;
         self.check_widths()?;
+        // A narrower pooling may leave the model's truncate_dim past the new width.
+        self.truncate_dim = self.check_truncate_dim(self.truncate_dim)?;
         Ok(self)
     }
 
@@ -497,7 +500,7 @@ impl<B: EncoderBackend> SentenceEncoder<B> {
                 .to_vec::<f32>()
                 .map_err(|e| PoolingError::Shape(format!("{e:?}")))?;
             for (row, &i) in values.chunks(dim).zip(chunk) {
-                embeddings[i] = finish(row, truncate_dim, options.normalize_embeddings);
+                embeddings[i] = finish_embedding(row, truncate_dim, options.normalize_embeddings);
             }
             if let Some(callback) = options.on_batch {
                 callback(chunk.len());
@@ -515,7 +518,7 @@ impl<B: EncoderBackend> SentenceEncoder<B> {
 /// One embedding as `encode` returns it, in sentence-transformers' order: cut to
 /// `truncate_dim`, then (`normalize_embeddings`) divided by its length, as
 /// `torch.nn.functional.normalize` does (by at least 1e-12).
-fn finish(row: &[f32], truncate_dim: Option<usize>, normalize: bool) -> Vec<f32> {
+fn finish_embedding(row: &[f32], truncate_dim: Option<usize>, normalize: bool) -> Vec<f32> {
     let mut e = row[..truncate_dim.unwrap_or(row.len())].to_vec();
     if normalize {
         let norm = e.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use burn_flex::Flex;
 use serde_json::Value;
-use st_pooling::{EncodeOptions, PoolingError, SentenceEncoder};
+use st_pooling::{EncodeOptions, PoolingError, PoolingMode, SentenceEncoder};
 
 type Encoder = SentenceEncoder<Flex>;
 
@@ -133,7 +133,8 @@ fn the_model_truncate_dim_is_the_default_and_encode_overrides_it() {
     }
 }
 
-/// 0 and more than the model's width are refused, on the model and per call.
+/// 0 and more than the model's width are refused, on the model, per call and when a narrower
+/// pooling replaces the model's.
 #[test]
 fn truncate_dim_out_of_range_is_refused() {
     let encoder = Encoder::from_dir(model_dir(), &Default::default()).unwrap();
@@ -150,6 +151,15 @@ fn truncate_dim_out_of_range_is_refused() {
         let err = encoder.encode_with(&["x"], &options).unwrap_err();
         assert!(err.to_string().contains(words), "{err}");
     }
+    // A pooling narrower than the model's truncate_dim is refused, not cut past its end.
+    let wide = encoder
+        .with_pooling(&[PoolingMode::Cls, PoolingMode::Mean])
+        .unwrap()
+        .with_truncate_dim(Some(500))
+        .unwrap();
+    assert_eq!(wide.encode(&["x"]).unwrap()[0].len(), 500);
+    let err = wide.with_pooling(&[PoolingMode::Mean]).unwrap_err();
+    assert!(err.to_string().contains("truncate_dim 500"), "{err}");
 }
 
 /// A copy of the model folder (links to its files) whose `config_sentence_transformers.json` is

@@ -143,6 +143,10 @@ pub struct DataSpec {
     /// Read at most this many examples (the first ones), e.g. for quick runs.
     #[serde(default)]
     pub limit: Option<usize>,
+    /// Keep only these tasks' labels (after `rename`), e.g. SICK's `relatedness` without its
+    /// `entailment`; examples left without a label are dropped. Empty: every task.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<String>,
 }
 
 impl DataSpec {
@@ -152,6 +156,7 @@ impl DataSpec {
             format: None,
             rename: BTreeMap::new(),
             limit: None,
+            tasks: Vec::new(),
         }
     }
 }
@@ -212,6 +217,12 @@ pub fn load(spec: &DataSpec) -> Result<Vec<Example>, TrainError> {
                 .map(|(task, label)| (spec.rename.get(&task).cloned().unwrap_or(task), label))
                 .collect();
         }
+    }
+    if !spec.tasks.is_empty() {
+        for ex in &mut examples {
+            ex.labels.retain(|task, _| spec.tasks.contains(task));
+        }
+        examples.retain(|ex| !ex.labels.is_empty());
     }
     if examples.is_empty() {
         return Err(err(path, 0, "no examples"));
@@ -970,6 +981,25 @@ mod tests {
             e.contains("mixed.jsonl:2") && e.contains("similarity task here"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn tasks_keeps_only_the_named_tasks_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "t.jsonl",
+            br#"{"text": "a", "labels": {"x": "1", "y": "2"}}
+{"text": "b", "labels": {"y": "3"}}
+"#,
+        );
+        let spec = DataSpec {
+            tasks: vec!["x".into()],
+            ..DataSpec::new(&p)
+        };
+        let ex = load(&spec).unwrap();
+        assert_eq!(ex.len(), 1);
+        assert_eq!(ex[0].labels.keys().collect::<Vec<_>>(), vec!["x"]);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use st_heads::{HeadKind, MultiTaskModel};
 use crate::TrainError;
 use crate::batch::Row;
 use crate::evaluate::{kinds_of, outputs};
+use crate::kinds::similarity::cosine;
 use crate::kinds::token::tag_names;
 use crate::kinds::{Output, Target};
 
@@ -96,9 +97,8 @@ pub fn predict<B: EncoderBackend>(
                     words: words[i].clone(),
                     tags: tag_names(spec, &ids),
                 },
-                Output::Score(similarity) => TaskPrediction::Similarity { similarity },
                 Output::Embeddings(e) => TaskPrediction::Similarity {
-                    similarity: e[0].iter().zip(&e[1]).map(|(a, b)| (a * b) as f64).sum(),
+                    similarity: cosine(&e[0], &e[1], usize::MAX),
                 },
             };
             out[i].insert(spec.name.clone(), prediction);

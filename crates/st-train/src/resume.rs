@@ -34,9 +34,10 @@ pub(crate) struct ResumeState {
     pub log_bytes: Option<u64>,
 }
 
-type Recorder = burn::record::NamedMpkFileRecorder<burn::record::FullPrecisionSettings>;
+/// How resume state records are written (the weighter's learned weights too).
+pub(crate) type Recorder = burn::record::NamedMpkFileRecorder<burn::record::FullPrecisionSettings>;
 
-fn recorder_err(path: &Path) -> impl Fn(burn::record::RecorderError) -> TrainError + '_ {
+pub(crate) fn recorder_err(path: &Path) -> impl Fn(burn::record::RecorderError) -> TrainError + '_ {
     move |e| TrainError::Io {
         path: path.to_path_buf(),
         source: std::io::Error::other(e.to_string()),

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
 use crate::multitask::{Rng, Weighting};
+use crate::resume::{Recorder, recorder_err};
 
 /// One way of weighting task losses.
 pub trait LossWeighter<B: AutodiffBackend> {
@@ -353,15 +354,6 @@ impl<B: AutodiffBackend> Uncertainty<B> {
             head_rate,
             device: device.clone(),
         }
-    }
-}
-
-type Recorder = burn::record::NamedMpkFileRecorder<burn::record::FullPrecisionSettings>;
-
-fn recorder_err(path: &Path) -> impl Fn(burn::record::RecorderError) -> TrainError + '_ {
-    move |e| TrainError::Io {
-        path: path.to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
     }
 }
 

@@ -9,7 +9,7 @@
 mod pair;
 mod retrieval;
 mod sentence;
-mod similarity;
+pub(crate) mod similarity;
 pub(crate) mod token;
 
 use std::collections::BTreeMap;
@@ -81,9 +81,8 @@ pub enum Output {
     Class { class: usize, probability: f64 },
     /// One tag id per word of the first text.
     Tags(Vec<usize>),
-    /// Cosine similarity of a pair.
-    Score(f64),
-    /// Normalized embeddings of the row's texts (anchor first), to rank across the whole set.
+    /// The embeddings of the row's texts (first text first): similarity and retrieval compare
+    /// them, at full width or truncated.
     Embeddings(Vec<Vec<f32>>),
 }
 

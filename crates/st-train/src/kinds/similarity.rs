@@ -104,28 +104,73 @@ impl<B: Backend> TaskKind<B> for Similarity {
     }
 
     fn outputs(&self, _: &TaskHead<B>, features: &Features<B>, rows: &[TaskRow]) -> Vec<Output> {
-        let cos: Vec<f32> = cosines(features, rows, None)
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .unwrap_or_default();
-        cos.into_iter().map(|c| Output::Score(c as f64)).collect()
+        embeddings(features, rows)
     }
 
     fn metrics(&self, _: &HeadSpec, rows: &[(Output, &Label)]) -> BTreeMap<String, f64> {
-        let (predicted, gold): (Vec<f64>, Vec<f64>) = rows
+        let pairs: Vec<(&[Vec<f32>], f64)> = rows
             .iter()
             .filter_map(|(out, label)| match (out, label) {
-                (Output::Score(p), Label::Score(g)) => Some((*p, *g)),
+                (Output::Embeddings(e), Label::Score(g)) if e.len() == 2 => {
+                    Some((e.as_slice(), *g))
+                }
                 _ => None,
             })
-            .unzip();
-        BTreeMap::from([
-            ("spearman".into(), spearman(&predicted, &gold)),
-            ("pearson".into(), pearson(&predicted, &gold)),
+            .collect();
+        let gold: Vec<f64> = pairs.iter().map(|(_, g)| *g).collect();
+        let at = |dim: usize| -> Vec<f64> {
+            pairs
+                .iter()
+                .map(|(e, _)| cosine(&e[0], &e[1], dim))
+                .collect()
+        };
+        let full = at(usize::MAX);
+        let mut m = BTreeMap::from([
+            ("spearman".into(), spearman(&full, &gold)),
+            ("pearson".into(), pearson(&full, &gold)),
             ("n".into(), gold.len() as f64),
-        ])
+        ]);
+        // Truncated embeddings (Matryoshka): every power of two from 64 below the full width.
+        let width = pairs.first().map_or(0, |(e, _)| e[0].len());
+        for dim in (6..16).map(|p| 1usize << p).filter(|&d| d < width) {
+            m.insert(format!("spearman_at_{dim}"), spearman(&at(dim), &gold));
+        }
+        m
     }
+}
+
+/// Each row's two pooled embeddings, as `Output::Embeddings`.
+fn embeddings<B: Backend>(features: &Features<B>, rows: &[TaskRow]) -> Vec<Output> {
+    let rows_of = |slot: usize| -> Vec<Vec<f32>> {
+        let x = features.pooled_at(rows, slot);
+        let dim = x.dims()[1];
+        let flat: Vec<f32> = x.into_data().convert::<f32>().to_vec().unwrap_or_default();
+        flat.chunks(dim.max(1)).map(<[f32]>::to_vec).collect()
+    };
+    let (u, v) = (rows_of(0), rows_of(1));
+    u.into_iter()
+        .zip(v)
+        .map(|(a, b)| Output::Embeddings(vec![a, b]))
+        .collect()
+}
+
+/// Cosine of the first `dim` dimensions of `a` and `b` (all of them when `dim` is larger).
+pub(crate) fn cosine(a: &[f32], b: &[f32], dim: usize) -> f64 {
+    let n = dim.min(a.len());
+    let dot: f64 = a[..n]
+        .iter()
+        .zip(&b[..n])
+        .map(|(x, y)| *x as f64 * *y as f64)
+        .sum();
+    let norm = |x: &[f32]| {
+        x[..n]
+            .iter()
+            .map(|v| (*v as f64).powi(2))
+            .sum::<f64>()
+            .sqrt()
+            .max(1e-12)
+    };
+    dot / (norm(a) * norm(b))
 }
 
 #[cfg(test)]
@@ -216,5 +261,39 @@ mod tests {
             assert!((loss(vec![3], kind) - full).abs() < 1e-6);
             assert!((loss(vec![3, 2], kind) - (full + two)).abs() < 1e-5);
         }
+    }
+
+    #[test]
+    fn metrics_read_cosines_at_every_power_of_two_prefix() {
+        // Width 130: prefixes 64 and 128. The first 64 dimensions rank the pairs one way, the
+        // rest the other way, so full-width and 64-wide Spearman disagree.
+        let pair = |agree: f32, rest: f32| {
+            let mut a = vec![0.0f32; 130];
+            let mut b = vec![0.0f32; 130];
+            a[0] = 1.0;
+            b[0] = agree;
+            b[1] = 1.0;
+            a[64..].iter_mut().for_each(|x| *x = 1.0);
+            b[64..].iter_mut().for_each(|x| *x = rest);
+            Output::Embeddings(vec![a, b])
+        };
+        let gold = [Label::Score(0.0), Label::Score(0.5), Label::Score(1.0)];
+        let outs = [pair(0.1, 1.0), pair(1.0, 0.5), pair(5.0, -1.0)];
+        let rows: Vec<(Output, &Label)> = outs.iter().cloned().zip(gold.iter()).collect();
+        let task = Similarity {
+            loss: SimilarityLoss::Cosent,
+            scale: 20.0,
+            matryoshka: vec![],
+        };
+        let spec = HeadSpec::new("sts", st_heads::HeadKind::Similarity, vec![]);
+        let m = TaskKind::<B>::metrics(&task, &spec, &rows);
+        assert_eq!(m["n"], 3.0);
+        assert!((m["spearman_at_64"] - 1.0).abs() < 1e-12, "{m:?}");
+        assert!(
+            m["spearman"] < 0.0 && m.contains_key("spearman_at_128"),
+            "{m:?}"
+        );
+        assert!(!m.contains_key("spearman_at_256"));
+        assert!((cosine(&[3.0, 4.0, 9.0], &[3.0, 4.0, -9.0], 2) - 1.0).abs() < 1e-12);
     }
 }
