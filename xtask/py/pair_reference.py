@@ -32,7 +32,10 @@ import numpy as np
 import sentence_transformers
 import torch
 from sentence_transformers import SentenceTransformer
-from sentence_transformers.losses import CoSENTLoss
+try:  # sentence-transformers >= 6 moved the losses; the old path still works but warns
+    from sentence_transformers.sentence_transformer.losses import CoSENTLoss
+except ImportError:
+    from sentence_transformers.losses import CoSENTLoss
 
 DEFAULT_MODEL = "/root/.cache/st/models/sentence-transformers--all-MiniLM-L6-v2"
 DEFAULT_DATA = "/work/shared/datasets/stsb"

@@ -194,29 +194,13 @@ impl E2e<'_> {
         Ok(parts.join(", "))
     }
 
-    /// all-mpnet-base-v2 on STS-B test: `st eval sts` must give Python sentence-transformers'
-    /// figure on the same weights (computed here, xtask/py/sts_eval.py) within 0.05.
-    fn mpnet_sts(&self) -> Result<String> {
-        let model = st_hub::resolve(MPNET, &mut |m| eprintln!("{m}"))?;
-        let data = self.datasets.join("stsb/sts-test.csv");
-        let spearman = |json: &str| -> Result<f64> {
-            let line = json.lines().last().context("no output")?;
-            let v: serde_json::Value = serde_json::from_str(line)?;
-            v["spearman_cosine"].as_f64().context("no spearman_cosine")
-        };
-        let ours = spearman(&self.st(&[
-            "eval",
-            "sts",
-            "--model",
-            model.to_str().context("path")?,
-            "--data",
-            data.to_str().context("path")?,
-            "--json",
-        ])?)?;
+    /// Python sentence-transformers' STS-B Spearman ×100 of the model in `model`
+    /// (xtask/py/sts_eval.py).
+    fn python_sts(&self, model: &Path, data: &Path) -> Result<f64> {
         let out = Command::new(&self.python)
             .arg(crate::workspace_root().join("xtask/py/sts_eval.py"))
-            .arg(&model)
-            .arg(&data)
+            .arg(model)
+            .arg(data)
             .output()
             .context("running xtask/py/sts_eval.py")?;
         if !out.status.success() {
@@ -225,11 +209,95 @@ impl E2e<'_> {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let theirs = spearman(&String::from_utf8_lossy(&out.stdout))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let v: serde_json::Value = serde_json::from_str(
+            stdout
+                .lines()
+                .last()
+                .context("sts_eval.py printed nothing")?,
+        )?;
+        v["spearman_cosine"]
+            .as_f64()
+            .context("sts_eval.py printed no spearman_cosine")
+    }
+
+    /// all-mpnet-base-v2 on STS-B test: `st eval sts` must give Python sentence-transformers'
+    /// figure on the same weights within 0.05.
+    fn mpnet_sts(&self) -> Result<String> {
+        let model = st_hub::resolve(MPNET, &mut |m| eprintln!("{m}"))?;
+        let data = self.datasets.join("stsb/sts-test.csv");
+        let json = self.st(&[
+            "eval",
+            "sts",
+            "--model",
+            model.to_str().context("path")?,
+            "--data",
+            data.to_str().context("path")?,
+            "--json",
+        ])?;
+        let v: serde_json::Value = serde_json::from_str(json.lines().last().context("no output")?)?;
+        let ours = v["spearman_cosine"]
+            .as_f64()
+            .context("no spearman_cosine")?;
+        let theirs = self.python_sts(&model, &data)?;
         if (ours - theirs).abs() > 0.05 {
             bail!("Spearman ×100 = {ours:.3}, Python {theirs:.3}: more than 0.05 apart");
         }
         Ok(format!("Spearman ×100 = {ours:.3}, Python {theirs:.3}"))
+    }
+
+    /// The embedding trained on sentence pairs: all-MiniLM-L6-v2 on 800 STS-B training pairs
+    /// with CoSENT (50 steps); the STS-B test Spearman `st train` reports must be what Python
+    /// sentence-transformers measures on the saved folder (within 0.05), and `st predict --pair`
+    /// answers with the similarity.
+    fn pair_step(&self, model_dir: &Path, out: &Path) -> Result<String> {
+        let _ = std::fs::remove_dir_all(out);
+        let (train, test) = (
+            self.datasets.join("stsb/sts-train.csv"),
+            self.datasets.join("stsb/sts-test.csv"),
+        );
+        let config = self.work.join("e2e-pairs.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "model = {:?}\noutput = {:?}\nbatch_size = 16\nmax_steps = 50\nmax_seq_length = 128\n\
+                 [lr]\nbase = 2e-5\n[[train]]\npath = {:?}\nlimit = 800\n[[eval]]\npath = {:?}\n",
+                model_dir.display().to_string(),
+                out.display().to_string(),
+                train.display().to_string(),
+                test.display().to_string(),
+            ),
+        )?;
+        let json = self.st(&[
+            "train",
+            "--json",
+            "--config",
+            config.to_str().context("path")?,
+        ])?;
+        let summary: st_runlog::TrainSummary =
+            serde_json::from_str(json.lines().last().context("st train printed no summary")?)?;
+        let ours = 100.0 * summary.metrics["sts"]["spearman"];
+        let theirs = self.python_sts(out, &test)?;
+        if (ours - theirs).abs() > 0.05 {
+            bail!(
+                "trained: st {ours:.3}, Python on the saved folder {theirs:.3}: more than 0.05 apart"
+            );
+        }
+        let out_dir = out.to_str().context("path")?;
+        let said = self.st(&[
+            "predict",
+            "--model",
+            out_dir,
+            "--pair",
+            SEED_SENTENCES[0],
+            SEED_SENTENCES[1],
+        ])?;
+        if !said.contains("sts: similarity ") {
+            bail!("st predict --pair gave no similarity:\n{said}");
+        }
+        Ok(format!(
+            "STS-B test Spearman ×100 after 50 CoSENT steps: st {ours:.3}, Python on the saved folder {theirs:.3}"
+        ))
     }
 
     /// `st encode` of the seed sentences: six 384-wide embeddings.
@@ -391,6 +459,8 @@ impl E2e<'_> {
         }
         let snips = self.work.join("snips");
         record("token task", &mut || self.snips(model_dir, &snips));
+        let pairs = self.work.join("stsb-pairs");
+        record("pair training", &mut || self.pair_step(model_dir, &pairs));
         summarize(&steps, self.backend)
     }
 }

@@ -118,44 +118,7 @@ impl Experiments<'_> {
         }
         let effective_path = out.with_extension("toml");
         std::fs::write(&effective_path, effective)?;
-        let output = Command::new(self.st)
-            .current_dir(self.root)
-            .args(["--backend", self.backend, "train", "--json", "--config"])
-            .arg(&effective_path)
-            .output()
-            .with_context(|| format!("running st train for {}", config.display()))?;
-        if !output.status.success() {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            bail!("st train failed on {}:\n{stderr}", config.display());
-        }
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let summary: st_runlog::TrainSummary = serde_json::from_str(
-            stdout
-                .lines()
-                .last()
-                .context("st train --json printed no summary")?,
-        )
-        .context("st train --json printed no st_runlog::TrainSummary")?;
-        let mut metrics = BTreeMap::new();
-        for (task, m) in &summary.metrics {
-            // Each task's main metric, and a similarity task's Spearman on truncated embeddings.
-            let shown = m.iter().filter(|(key, _)| {
-                st_runlog::MAIN_METRICS.contains(&key.as_str()) || key.starts_with("spearman_at_")
-            });
-            for (key, v) in shown {
-                metrics.insert(format!("{task} {key}"), v * 100.0);
-            }
-        }
-        // Steps of a resumed run are in the log, not in this invocation's summary alone.
-        let log = st_runlog::read_log(&out.join(st_runlog::METRICS_LOG))?;
-        let (steps, trainable) = (summary.steps as u64, summary.trainable_params as u64);
-        let step_ms = st_runlog::median_step_ms(&log).unwrap_or(f64::NAN);
-        let result = RunResult {
-            metrics,
-            trainable,
-            step_ms,
-            steps,
-        };
+        let result = self.train(config, &effective_path, out)?;
         std::fs::write(
             &saved,
             serde_json::json!({
@@ -221,25 +184,84 @@ impl Experiments<'_> {
                 per_seed.push(r);
             }
             if !stage {
-                // Curves of the first seed's run, for the docs to embed.
-                let plots = self.root.join("docs/experiments/plots");
-                std::fs::create_dir_all(&plots)?;
-                let run = work.join(format!("{name}-s{}", self.seeds[0]));
-                let svg = plots.join(format!("{table}-{name}.svg"));
-                if run.join("metrics.jsonl").is_file() {
-                    let status = Command::new(self.st)
-                        .arg("plot")
-                        .arg(&run)
-                        .arg("--output")
-                        .arg(&svg)
-                        .status()?;
-                    if !status.success() {
-                        bail!("st plot failed on {}", run.display());
-                    }
-                }
+                self.plot_first_seed(table, &name, &work)?;
                 results.push((name, label, per_seed));
             }
         }
+        let md = self.markdown(table, &results);
+        let path = self
+            .root
+            .join("docs/experiments")
+            .join(format!("{table}.md"));
+        std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
+        println!("{md}");
+        Ok(())
+    }
+
+    /// Runs `st train --json` on the effective config and reads its summary and log.
+    fn train(&self, config: &Path, effective_path: &Path, out: &Path) -> Result<RunResult> {
+        let output = Command::new(self.st)
+            .current_dir(self.root)
+            .args(["--backend", self.backend, "train", "--json", "--config"])
+            .arg(effective_path)
+            .output()
+            .with_context(|| format!("running st train for {}", config.display()))?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            bail!("st train failed on {}:\n{stderr}", config.display());
+        }
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let summary: st_runlog::TrainSummary = serde_json::from_str(
+            stdout
+                .lines()
+                .last()
+                .context("st train --json printed no summary")?,
+        )
+        .context("st train --json printed no st_runlog::TrainSummary")?;
+        let mut metrics = BTreeMap::new();
+        for (task, m) in &summary.metrics {
+            // Each task's main metric, and a similarity task's Spearman on truncated embeddings.
+            let shown = m.iter().filter(|(key, _)| {
+                st_runlog::MAIN_METRICS.contains(&key.as_str()) || key.starts_with("spearman_at_")
+            });
+            for (key, v) in shown {
+                metrics.insert(format!("{task} {key}"), v * 100.0);
+            }
+        }
+        let log = st_runlog::read_log(&out.join(st_runlog::METRICS_LOG))?;
+        let (steps, trainable) = (summary.steps as u64, summary.trainable_params as u64);
+        let step_ms = st_runlog::median_step_ms(&log).unwrap_or(f64::NAN);
+        Ok(RunResult {
+            metrics,
+            trainable,
+            step_ms,
+            steps,
+        })
+    }
+
+    /// Curves of the first seed's run of a row, for the docs to embed.
+    fn plot_first_seed(&self, table: &str, name: &str, work: &Path) -> Result<()> {
+        let plots = self.root.join("docs/experiments/plots");
+        std::fs::create_dir_all(&plots)?;
+        let run = work.join(format!("{name}-s{}", self.seeds[0]));
+        let svg = plots.join(format!("{table}-{name}.svg"));
+        if !run.join(st_runlog::METRICS_LOG).is_file() {
+            return Ok(());
+        }
+        let status = Command::new(self.st)
+            .arg("plot")
+            .arg(&run)
+            .arg("--output")
+            .arg(&svg)
+            .status()?;
+        if !status.success() {
+            bail!("st plot failed on {}", run.display());
+        }
+        Ok(())
+    }
+
+    /// The table's Markdown: a row per config, a column per metric (mean ± std over seeds).
+    fn markdown(&self, table: &str, results: &[(String, String, Vec<RunResult>)]) -> String {
         let mut columns: Vec<String> = results
             .iter()
             .flat_map(|(_, _, r)| r.iter().flat_map(|x| x.metrics.keys().cloned()))
@@ -258,7 +280,7 @@ impl Experiments<'_> {
         md.push_str(" trainable params | steps | ms/step | config | curves |\n|---|");
         md.push_str(&"---|".repeat(columns.len() + 5));
         md.push('\n');
-        for (name, label, runs) in &results {
+        for (name, label, runs) in results {
             md.push_str(&format!("| {label} |"));
             for c in &columns {
                 let v: Vec<f64> = runs
@@ -291,12 +313,6 @@ impl Experiments<'_> {
                 r.trainable, r.steps,
             ));
         }
-        let path = self
-            .root
-            .join("docs/experiments")
-            .join(format!("{table}.md"));
-        std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
-        println!("{md}");
-        Ok(())
+        md
     }
 }

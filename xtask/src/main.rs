@@ -71,6 +71,7 @@ const EXPERIMENT_TABLES: &[&str] = &[
     "loss-weighting",
     "multitask-vs-single",
     "pair-training",
+    "similarity-losses",
     "sick-multitask",
     "heads-plus-embedding",
 ];

@@ -104,10 +104,15 @@ st search --corpus corpus.npy --texts corpus.txt --query \"A man is eating pasta
         #[arg(required = true, num_args = 2..)]
         texts: Vec<String>,
     },
-    /// Fine-tune a model with one or more task heads (multi-task learning).
+    /// Fine-tune a model on any number of tasks at once (multi-task learning): classification
+    /// heads, and sentence-pair objectives that train the embedding itself.
     #[command(
         after_help = "Quick path: st train --train data.jsonl --eval test.jsonl --output runs/a\n\
-Every task found in the labels gets a classification head (token tasks get a token head).\n\
+Every task found in the labels gets its kind from them: a class on a text, a classification\n\
+head; word tags, a token head; a score on a pair, a similarity task (CoSENT); a class on a pair,\n\
+pair classification; anchor/positive records, retrieval (multiple-negatives ranking).\n\
+Train the embedding on STS-B: st train --train ../shared/datasets/stsb/sts-train.csv \\\n\
+    --eval ../shared/datasets/stsb/sts-test.csv --batch-size 16 --lr 2e-5 --epochs 1 -o runs/sts\n\
 Full control: st train --print-config > run.toml, edit, then st train --config run.toml."
     )]
     Train(Box<tasks::TrainArgs>),

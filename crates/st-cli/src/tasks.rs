@@ -28,8 +28,11 @@ pub struct TrainArgs {
     /// Model folder or Hugging Face id to start from.
     #[arg(long, short, default_value = st_hub::DEFAULT_MODEL)]
     model: String,
-    /// Training data (repeat for several sources). JSONL `{"text": ..., "labels": {"task": "label"}}`
-    /// or a public set: sst2 .tsv, trec .label, banking77 .csv, snips split folder, wnut17 .conll.
+    /// Training data (repeat for several sources). JSONL `{"text": ..., "labels": {"task": "label"}}`,
+    /// pairs `{"text1": ..., "text2": ..., "labels": {"sts": 4.2}}` (a number: similarity; a
+    /// class: pair classification), retrieval `{"anchor": ..., "positive": ...[, "negative": ...]}`;
+    /// or a public set: sst2 .tsv, trec .label, banking77 .csv, snips split folder, wnut17 .conll,
+    /// STS-B sts-*.csv, SICK_*.txt, MSRP msr-para-*.tsv.
     #[arg(long, value_name = "FILE")]
     train: Vec<PathBuf>,
     /// Evaluation data, same formats (evaluated after every epoch).

@@ -942,9 +942,15 @@ fn pair_tasks_train_beside_sentence_tasks_and_the_saved_model_answers_them() {
             "{task}: {again:?} vs {m:?}"
         );
     }
+    pairs_get_pair_answers_and_texts_get_text_answers(&trained);
+}
+
+/// `st predict`'s library side on the pair-trained model: a pair gets the similarity and pair
+/// classification tasks, a single text the sentence tasks.
+fn pairs_get_pair_answers_and_texts_get_text_answers(trained: &st_heads::MultiTaskModel<Flex>) {
     use st_train::predict::PredictInput;
     let answers = st_train::predict(
-        &trained,
+        trained,
         &[
             PredictInput::Pair("the game was great", "the match was great"),
             PredictInput::Text("stocks fell"),
