@@ -89,12 +89,15 @@ pub enum Output {
 /// What a kind of task does with the rows it labels.
 pub trait TaskKind<B: Backend> {
     /// The training target of `label`; an error message when the label does not fit the kind.
+    /// Default: a class id (the classification kinds).
     fn target(
         &self,
         spec: &HeadSpec,
         label: &Label,
-        word_starts: &[Option<usize>],
-    ) -> Result<Target, String>;
+        _word_starts: &[Option<usize>],
+    ) -> Result<Target, String> {
+        class_target(spec, label)
+    }
 
     /// The mean loss over `rows` (never empty), `[1]`.
     fn loss(&self, head: &TaskHead<B>, features: &Features<B>, rows: &[TaskRow]) -> Tensor<B, 1>;
@@ -104,7 +107,10 @@ pub trait TaskKind<B: Backend> {
 
     /// The task's metrics over every evaluated row: its output and gold label. Fractions (0–1)
     /// for accuracy, F1, correlations and ranking metrics; `n` counts the rows.
-    fn metrics(&self, spec: &HeadSpec, rows: &[(Output, &Label)]) -> BTreeMap<String, f64>;
+    /// Default: accuracy and macro-F1 (the classification kinds).
+    fn metrics(&self, spec: &HeadSpec, rows: &[(Output, &Label)]) -> BTreeMap<String, f64> {
+        class_metrics(spec, rows)
+    }
 }
 
 /// One task's options (`[tasks.NAME]` in the config). Each kind reads its own; setting an

@@ -2,15 +2,12 @@
 //! the two texts' embeddings, as sentence-transformers' `SoftmaxLoss` with its default
 //! concatenation.
 
-use std::collections::BTreeMap;
-
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use st_heads::{HeadSpec, TaskHead, masked_cross_entropy};
+use st_heads::{TaskHead, masked_cross_entropy};
 
 use super::sentence::class_ids;
-use super::{Features, Output, Target, TaskKind, TaskRow, class_metrics, class_target, classes};
-use crate::data::Label;
+use super::{Features, Output, TaskKind, TaskRow, classes};
 
 /// Cross-entropy over the classes of `(u, v, |u − v|)`; accuracy and macro-F1.
 pub struct PairClassification;
@@ -24,15 +21,6 @@ fn pair_features<B: Backend>(features: &Features<B>, rows: &[TaskRow]) -> Tensor
 }
 
 impl<B: Backend> TaskKind<B> for PairClassification {
-    fn target(
-        &self,
-        spec: &HeadSpec,
-        label: &Label,
-        _: &[Option<usize>],
-    ) -> Result<Target, String> {
-        class_target(spec, label)
-    }
-
     fn loss(&self, head: &TaskHead<B>, features: &Features<B>, rows: &[TaskRow]) -> Tensor<B, 1> {
         let logits = head.classifier().forward(pair_features(features, rows));
         let targets = class_ids(rows, &logits.device());
@@ -41,9 +29,5 @@ impl<B: Backend> TaskKind<B> for PairClassification {
 
     fn outputs(&self, head: &TaskHead<B>, features: &Features<B>, rows: &[TaskRow]) -> Vec<Output> {
         classes(head.classifier().forward(pair_features(features, rows)))
-    }
-
-    fn metrics(&self, spec: &HeadSpec, rows: &[(Output, &Label)]) -> BTreeMap<String, f64> {
-        class_metrics(spec, rows)
     }
 }

@@ -1,13 +1,10 @@
 //! Sentence classification: one label per text, from its pooled embedding.
 
-use std::collections::BTreeMap;
-
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
-use st_heads::{HeadSpec, TaskHead, masked_cross_entropy};
+use st_heads::{TaskHead, masked_cross_entropy};
 
-use super::{Features, Output, Target, TaskKind, TaskRow, class_metrics, class_target, classes};
-use crate::data::Label;
+use super::{Features, Output, Target, TaskKind, TaskRow, classes};
 
 /// Cross-entropy over the classes of the pooled embedding; accuracy and macro-F1.
 pub struct SentenceClassification;
@@ -25,15 +22,6 @@ pub(crate) fn class_ids<B: Backend>(rows: &[TaskRow], device: &B::Device) -> Ten
 }
 
 impl<B: Backend> TaskKind<B> for SentenceClassification {
-    fn target(
-        &self,
-        spec: &HeadSpec,
-        label: &Label,
-        _: &[Option<usize>],
-    ) -> Result<Target, String> {
-        class_target(spec, label)
-    }
-
     fn loss(&self, head: &TaskHead<B>, features: &Features<B>, rows: &[TaskRow]) -> Tensor<B, 1> {
         let logits = head.classifier().forward(features.pooled_at(rows, 0));
         let targets = class_ids(rows, &logits.device());
@@ -42,9 +30,5 @@ impl<B: Backend> TaskKind<B> for SentenceClassification {
 
     fn outputs(&self, head: &TaskHead<B>, features: &Features<B>, rows: &[TaskRow]) -> Vec<Output> {
         classes(head.classifier().forward(features.pooled_at(rows, 0)))
-    }
-
-    fn metrics(&self, spec: &HeadSpec, rows: &[(Output, &Label)]) -> BTreeMap<String, f64> {
-        class_metrics(spec, rows)
     }
 }
