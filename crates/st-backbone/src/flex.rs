@@ -29,7 +29,9 @@ impl EncoderBackend for Flex {
         let f32_bias = position_bias
             .as_ref()
             .is_none_or(|b| b.dtype() == DType::F32);
-        if x.dtype() != DType::F32 || !f32_bias || (with_bias != 0 && with_bias != 3) {
+        // An int8 model has released its float weights: it must take the int8 path.
+        let mixed_bias = attn.int8_qkv().is_none() && with_bias != 0 && with_bias != 3;
+        if x.dtype() != DType::F32 || !f32_bias || mixed_bias {
             return attn.forward_with_position_bias(x, key_padding, position_bias);
         }
         let [batch, seq, hidden] = x.dims();
@@ -46,6 +48,23 @@ impl EncoderBackend for Flex {
             .map(|pad| if pad { f32::NEG_INFINITY } else { 0.0 })
             .collect();
         let mut context = vec![0.0f32; batch * seq * hidden];
+        let bias = st_kernels::ScoreBias {
+            keys: &key_bias,
+            positions: positions.as_ref().map(f32_slice),
+        };
+        if let Some(int8) = attn.int8_qkv() {
+            // One int8 product, Q, K and V side by side in each row, bias added.
+            let qkv = linear_int8(int8, x);
+            let qkv = f32_slice(&qkv);
+            let parts = Qkv {
+                q: qkv,
+                k: &qkv[hidden..],
+                v: &qkv[2 * hidden..],
+                row_stride: 3 * hidden,
+            };
+            st_kernels::attention(parts, bias, shape, &mut context);
+            return from_vec(context, [batch, seq, hidden]);
+        }
         // Three products on the weights as loaded: joining them into one would copy the
         // weights on every call.
         let [q, k, v] = projections.map(|linear| {
@@ -60,10 +79,6 @@ impl EncoderBackend for Flex {
             k: f32_slice(&k),
             v: f32_slice(&v),
             row_stride: hidden,
-        };
-        let bias = st_kernels::ScoreBias {
-            keys: &key_bias,
-            positions: positions.as_ref().map(f32_slice),
         };
         st_kernels::attention(parts, bias, shape, &mut context);
         from_vec(context, [batch, seq, hidden])
@@ -107,29 +122,29 @@ impl EncoderBackend for Flex {
     }
 
     fn intermediate(intermediate: &BertIntermediate<Flex>, x: Tensor<Flex, 3>) -> Tensor<Flex, 3> {
-        if x.dtype() != DType::F32 || intermediate.act() != HiddenAct::Gelu {
+        if x.dtype() != DType::F32 {
             return intermediate.forward(x);
         }
         let [batch, seq, _] = x.dims();
-        let dense = &intermediate.dense;
-        let d_out = dense.weight.dims()[1];
-        let y = match intermediate.int8_dense() {
-            Some(int8) => {
-                // The int8 product adds the bias itself.
-                let mut y = linear_int8(int8, x);
-                st_kernels::bias_gelu(f32_mut(&mut y), &vec![0.0; d_out]);
-                y
-            }
+        let gelu = intermediate.act() == HiddenAct::Gelu;
+        let (mut y, d_out, bias) = match intermediate.int8_dense() {
+            // The int8 product adds the bias itself.
+            Some(int8) => (linear_int8(int8, x), int8.weight.d_out(), None),
+            None if !gelu => return intermediate.forward(x),
             None => {
-                let mut y = project(dense, x);
-                let bias = match &dense.bias {
-                    Some(b) => f32_values(b.val()),
-                    None => FlexTensor::from_data(TensorData::new(vec![0.0f32; d_out], [d_out])),
-                };
-                st_kernels::bias_gelu(f32_mut(&mut y), f32_slice(&bias));
-                y
+                let dense = &intermediate.dense;
+                let bias = dense.bias.as_ref().map(|b| f32_values(b.val()));
+                (project(dense, x), dense.weight.dims()[1], bias)
             }
         };
+        if !gelu {
+            // Only int8 gets here: its product is done, the activation is the composed one.
+            let y = from_flex(y, [batch, seq, d_out]);
+            return intermediate.activate(y);
+        }
+        let zeros = || FlexTensor::from_data(TensorData::new(vec![0.0f32; d_out], [d_out]));
+        let bias = bias.unwrap_or_else(zeros);
+        st_kernels::bias_gelu(f32_mut(&mut y), f32_slice(&bias));
         from_flex(y, [batch, seq, d_out])
     }
 }

@@ -221,7 +221,17 @@ impl<B: Backend> BertModel<B> {
 impl<B: Backend> BertModel<B> {
     /// Saves the weights as `model.safetensors` with Hugging Face key names (loadable by
     /// `transformers.BertModel`), written atomically.
+    /// An int8 model ([`BertModel::with_int8_linears`]) is refused: its float weights were
+    /// released.
     pub fn save_safetensors(&self, path: &Path) -> Result<(), BackboneError> {
+        if self.is_int8() {
+            return Err(BackboneError::Weights {
+                path: path.to_path_buf(),
+                message: "this model runs in int8 and released its float weights; save the \
+                          float model (quantizing is done at load, by --dtype int8)"
+                    .into(),
+            });
+        }
         let tmp = crate::atomic::temp_sibling(path);
         let mut store = SafetensorsStore::from_file(&tmp).with_to_adapter(BurnToPyTorchAdapter);
         for (from, to) in save_remapping(self.architecture()) {

@@ -91,11 +91,12 @@ impl EncodeTotals {
             .sum::<f64>();
     }
 
-    fn report(&self, loaded: std::time::Duration) {
+    fn report(&self, loaded: std::time::Duration, weight_bytes: usize) {
         eprintln!(
             "{}",
             serde_json::json!({
                 "load_s": loaded.as_secs_f64(),
+                "weight_bytes": weight_bytes,
                 "encode_s": self.seconds,
                 "sentences": self.sentences,
                 "tokens": self.tokens,
@@ -149,7 +150,7 @@ pub fn encode<B: EncoderBackend>(args: EncodeArgs, device: &B::Device) -> Result
     writer.finish()?;
     truncations.warn(encoder.max_seq_length());
     if args.timing {
-        totals.report(loaded);
+        totals.report(loaded, encoder.bert.weight_bytes());
     }
     Ok(())
 }

@@ -236,8 +236,9 @@ fn sts_benchmark_matches_the_published_score() {
     );
 }
 
-/// `--dtype int8` (the default backend's int8 projections): every embedding within cosine
-/// 0.99 of float32's but not equal to it, and STS-B test within 0.5 of the float32 score.
+/// `--dtype int8` (the default backend's int8 projections and embeddings): every embedding
+/// within cosine 0.99 of float32's but not equal to it, the weights ≤ 0.3× float32's bytes,
+/// and STS-B test within 0.5 of the float32 score.
 #[test]
 fn int8_stays_close_to_float32() {
     let texts = [
@@ -258,6 +259,25 @@ fn int8_stays_close_to_float32() {
             .collect::<Vec<_>>()
     };
     let (float, int8) = (encode("float32"), encode("int8"));
+    // The int8 model holds int8 weights only: ≤ 0.3× the float32 model's bytes.
+    let weight_bytes = |dtype: &str| {
+        let out = st(&[
+            "encode",
+            "--model",
+            model(),
+            "--dtype",
+            dtype,
+            "--timing",
+            "ok",
+        ]);
+        assert!(out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let timing: serde_json::Value = serde_json::from_str(stderr.trim().lines().last().unwrap())
+            .unwrap_or_else(|e| panic!("--timing printed {stderr}: {e}"));
+        timing["weight_bytes"].as_f64().unwrap()
+    };
+    let ratio = weight_bytes("int8") / weight_bytes("float32");
+    assert!(ratio <= 0.3, "int8 weights are {ratio:.3}× float32's");
     for (i, (a, b)) in float.iter().zip(&int8).enumerate() {
         assert_ne!(a, b, "text {i}: int8 gave float32's numbers");
         let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();

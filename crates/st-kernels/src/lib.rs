@@ -29,5 +29,5 @@ pub use attention::{AttentionShape, Qkv, ScoreBias, attention, attention_at};
 pub use bias::{add_bias, add_bias_at};
 pub use dispatch::Level;
 pub use gelu::{bias_gelu, bias_gelu_at};
-pub use int8::{QuantizedMatrix, linear_int8, linear_int8_at};
+pub use int8::{QuantizedMatrix, QuantizedTable, linear_int8, linear_int8_at, smoothing_factors};
 pub use layer_norm::{LayerNormParams, bias_residual_layer_norm, bias_residual_layer_norm_at};

@@ -38,7 +38,9 @@ mod quantize;
 
 use std::path::{Path, PathBuf};
 
-pub use encoder::{DEFAULT_MAX_SEQ_LENGTH, EncodeOptions, EncodeOutput, Prompts, SentenceEncoder};
+pub use encoder::{
+    DEFAULT_MAX_SEQ_LENGTH, EncodeOptions, EncodeOutput, INT8_CALIBRATION, Prompts, SentenceEncoder,
+};
 pub use modules::{
     Dense, DenseActivation, DenseConfigFile, ModuleEntry, ModuleSpec, l2_normalize, read_modules,
 };
@@ -63,6 +65,9 @@ pub enum PoolingError {
     /// A `truncate_dim` of 0 or wider than the model's embeddings.
     #[error("{0}")]
     TruncateDim(String),
+    /// int8 asked of a backend without int8 kernels.
+    #[error(transparent)]
+    Int8(#[from] st_backbone::Int8Unsupported),
 }
 
 /// Reads and parses a JSON file, naming the file (and line) on failure.

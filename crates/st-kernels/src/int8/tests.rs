@@ -282,3 +282,135 @@ fn wrong_bias_length_panics() {
 fn wrong_weight_length_panics() {
     QuantizedMatrix::quantize(&[1.0; 11], 3, 4);
 }
+
+/// Activations like a LayerNorm output's: Gaussian, with channels 3 and `d_in / 2` ~15× the
+/// others in every row (the systematic outliers smoothing is for).
+fn outlier_channel_activations(rng: &mut Rng, m: usize, d_in: usize) -> Vec<f32> {
+    let mut x = rng.gaussians(m * d_in, 1.0);
+    for row in x.chunks_mut(d_in) {
+        row[3 % d_in] *= 15.0;
+        row[d_in / 2] *= -15.0;
+    }
+    x
+}
+
+/// The exact product `x · W` in f64.
+fn exact_product(x: &[f32], weight: &[f32], m: usize, d_in: usize, d_out: usize) -> Vec<f64> {
+    let mut want = vec![0.0f64; m * d_out];
+    for i in 0..m {
+        for k in 0..d_in {
+            let xv = f64::from(x[i * d_in + k]);
+            for n in 0..d_out {
+                want[i * d_out + n] += xv * f64::from(weight[k * d_out + n]);
+            }
+        }
+    }
+    want
+}
+
+/// Channel maxima of `x` over its rows (what calibration measures).
+fn channel_max(x: &[f32], d_in: usize) -> Vec<f32> {
+    let mut max = vec![0.0f32; d_in];
+    for row in x.chunks(d_in) {
+        for (m, v) in max.iter_mut().zip(row) {
+            *m = m.max(v.abs());
+        }
+    }
+    max
+}
+
+/// A smoothed matrix is the plain one of `diag(s) · W` fed `x / s`: the same bits at every
+/// level as quantizing the pre-divided activations against the pre-scaled weights.
+#[test]
+fn smoothing_is_a_rescaling_of_both_sides_at_every_level() {
+    let mut rng = Rng(9);
+    let levels: Vec<Level> = Level::ALL.into_iter().filter(|l| l.supported()).collect();
+    for (m, d_in, d_out) in SHAPES {
+        let weight = rng.gaussians(d_in * d_out, 0.05);
+        let x = outlier_channel_activations(&mut rng, m, d_in);
+        let s = smoothing_factors(&channel_max(&x, d_in), &weight, d_out, 0.5);
+        let smoothed = QuantizedMatrix::quantize_smoothed(&weight, d_in, d_out, &s);
+        let scaled: Vec<f32> = (0..d_in * d_out)
+            .map(|j| weight[j] * s[j / d_out])
+            .collect();
+        let plain = QuantizedMatrix::quantize(&scaled, d_in, d_out);
+        let divided: Vec<f32> = (0..m * d_in).map(|j| x[j] * (1.0 / s[j % d_in])).collect();
+        let bias = rng.gaussians(d_out, 1.0);
+        let want = naive_int8(&divided, m, &plain, Some(&bias));
+        for &level in &levels {
+            let got = run_at(level, &x, m, &smoothed, Some(&bias));
+            assert_bits_equal(
+                &got,
+                &want,
+                &format!("{level}, smoothed {m}x{d_in}x{d_out}"),
+            );
+        }
+    }
+}
+
+/// On activations with outlier channels, smoothing at least halves the product's error
+/// (per-token scales spend the int8 range on the outliers; smoothing moves them into the
+/// weights' per-column scales).
+#[test]
+fn smoothing_tames_outlier_channels() {
+    let mut rng = Rng(10);
+    let (m, d_in, d_out) = (48, 384, 1152);
+    let weight = rng.gaussians(d_in * d_out, 0.05);
+    let x = outlier_channel_activations(&mut rng, m, d_in);
+    let want = exact_product(&x, &weight, m, d_in, d_out);
+    let worst = |w: &QuantizedMatrix| {
+        let got = run_at(Level::active(), &x, m, w, None);
+        row_errors(&got, &want, d_out)
+            .into_iter()
+            .map(|(_, rel)| rel)
+            .fold(0.0f64, f64::max)
+    };
+    let plain = worst(&QuantizedMatrix::quantize(&weight, d_in, d_out));
+    let s = smoothing_factors(&channel_max(&x, d_in), &weight, d_out, 0.5);
+    let smoothed = worst(&QuantizedMatrix::quantize_smoothed(
+        &weight, d_in, d_out, &s,
+    ));
+    assert!(
+        smoothed <= plain / 2.0,
+        "worst relative error: plain {plain:.4}, smoothed {smoothed:.4}"
+    );
+}
+
+#[test]
+fn smoothing_factors_follow_the_formula() {
+    // Channel 0: activation max 4, weight max 0.25 → 4^0.5 / 0.25^0.5 = 4.
+    // Channel 1: zero activations → 1 (nothing to move). Channel 2: zero weights → 1.
+    let weight = [0.25, -0.1, 0.0, 0.5, 0.0, 0.0];
+    let s = smoothing_factors(&[4.0, 0.0, 2.0], &weight, 2, 0.5);
+    assert_eq!(s, vec![4.0, 1.0, 1.0]);
+}
+
+#[test]
+#[should_panic(expected = "smoothing factors must be finite and > 0")]
+fn zero_smoothing_factor_panics() {
+    QuantizedMatrix::quantize_smoothed(&[1.0; 4], 2, 2, &[1.0, 0.0]);
+}
+
+/// The rounding trick equals `round_ties_even` then clamping, ties and out-of-range included.
+#[test]
+fn quantize_value_rounds_ties_to_even_and_clamps() {
+    let reference = |x: f32| x.round_ties_even().clamp(-127.0, 127.0) as i8;
+    let mut values = vec![
+        0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, -126.5, 127.4, 127.6, 1e9, -1e9,
+    ];
+    values.extend([
+        0.0,
+        -0.0,
+        0.49999997,
+        0.50000006,
+        f32::MIN_POSITIVE,
+        63.5,
+        64.5,
+    ]);
+    let mut rng = Rng(11);
+    values.extend(rng.gaussians(10_000, 60.0));
+    for v in values {
+        assert_eq!(quantize_value(v, 1.0), reference(v), "{v}");
+    }
+    assert_eq!(quantize_value(f32::NAN, 1.0), 0);
+}
