@@ -217,8 +217,9 @@ struct ModelArgs {
     /// Sentences per forward pass.
     #[arg(long, default_value_t = 32, value_name = "N")]
     batch_size: usize,
-    /// What the BERT computes in: float32 (parity with Python), int8 (projections in int8
-    /// on the CPU backend: ~2× faster, cosine ≥ 0.99 to float32), bf16 / f16 (backends with
+    /// What the BERT computes in: float32 (parity with Python), int8 (projections and word
+    /// embeddings in int8 on the CPU backend: ~2× faster, ¼ of the weight memory, cosine ≥ 0.99
+    /// to float32), bf16 / f16 (backends with
     /// fast half floats: tch on a CPU with AMX, GPUs). Pooling and outputs stay f32. (The
     /// output embeddings' precision is `st encode --precision`.)
     #[arg(long, value_enum, default_value = "float32", value_name = "DTYPE")]
@@ -317,8 +318,9 @@ enum Dtype {
     Bf16,
     /// IEEE half weights and activations in the BERT (pooling stays f32); for GPUs.
     F16,
-    /// int8 projections (weights quantized per output column at load, activations per token),
-    /// i32 accumulation; attention, GELU and LayerNorm in f32. The CPU backend (flex) only.
+    /// int8 projections (weights smoothed and quantized per output column at load, activations
+    /// per token), i32 accumulation, int8 word embeddings; attention, GELU and LayerNorm in f32.
+    /// The CPU backend (flex) only.
     Int8,
 }
 

@@ -129,6 +129,8 @@ struct EncodeRun {
     peak_rss_mb: f64,
     /// `(flops, tokens)` for the whole input, from `st encode --timing`.
     work: Option<(f64, f64)>,
+    /// Bytes the model's weights hold, from `st encode --timing`.
+    weight_bytes: Option<f64>,
 }
 
 struct Bench<'a> {
@@ -375,6 +377,7 @@ impl Bench<'_> {
             sentences_per_s: case.sentences as f64 / json_field(timing, "encode_s")?,
             peak_rss_mb: run.peak_rss_mb,
             work,
+            weight_bytes: json_field(timing, "weight_bytes").ok(),
         })
     }
 
@@ -396,11 +399,13 @@ impl Bench<'_> {
         );
         let mut rates = vec![Vec::new(); sides.len()];
         let mut rss = vec![0f64; sides.len()];
+        let mut weights = vec![None; sides.len()];
         let mut work = None;
         for round in 0..self.runs + self.warmups {
             for (k, side) in sides.iter().enumerate() {
                 let run = self.encode_once(side, &case)?;
                 work = work.or(run.work);
+                weights[k] = run.weight_bytes;
                 if round >= self.warmups {
                     rates[k].push(run.sentences_per_s);
                     rss[k] = rss[k].max(run.peak_rss_mb);
@@ -409,11 +414,12 @@ impl Bench<'_> {
         }
         let results = sides
             .into_iter()
-            .zip(rates.into_iter().zip(rss))
-            .map(|(side, (rates, peak_rss_mb))| SideRate {
+            .zip(rates.into_iter().zip(rss).zip(weights))
+            .map(|(side, ((rates, peak_rss_mb), weight_bytes))| SideRate {
                 side: side.clone(),
                 sentences_per_s: median(rates),
                 peak_rss_mb,
+                weight_mb: weight_bytes.map(|b| b / 1e6),
             })
             .collect();
         let row = EncodeRow {

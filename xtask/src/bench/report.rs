@@ -43,6 +43,8 @@ pub struct SideRate {
     pub side: Side,
     pub sentences_per_s: f64,
     pub peak_rss_mb: f64,
+    /// MB the model's weights hold in memory (st sides, from `st encode --timing`).
+    pub weight_mb: Option<f64>,
 }
 
 /// A reduced dtype's minimum cosine to the same program's float32 embeddings.
@@ -111,6 +113,13 @@ impl EncodeRow {
     /// `side`'s throughput over Python ST on PyTorch's.
     pub fn ratio(&self, side: &Side) -> Option<f64> {
         Some(self.rate(side)? / self.rate(&Side::TORCH)?)
+    }
+
+    fn weight_mb(&self, side: &Side) -> Option<f64> {
+        self.results
+            .iter()
+            .find(|r| &r.side == side)
+            .and_then(|r| r.weight_mb)
     }
 
     fn rss(&self, side: &Side) -> Option<f64> {
@@ -225,6 +234,16 @@ impl Report {
             self.spearman(&flex).map(|s| s - 0.5),
             true,
             self.spearman(&int8),
+            "int8-on-flex",
+        );
+        goal(
+            "int8 weights in memory ÷ float32's, flex".into(),
+            Some(0.3),
+            false,
+            headline
+                .weight_mb(&int8)
+                .zip(headline.weight_mb(&flex))
+                .map(|(a, b)| a / b),
             "int8-on-flex",
         );
         goal(
@@ -394,8 +413,9 @@ Python: sentence-transformers 6.2 + PyTorch from `cargo xtask pyenv`; ONNX Runti
 sentence-transformers 5.2 with `backend=\"onnx\"` and its dynamic int8 export \
 (`export_dynamic_quantized_onnx_model`), in its own environment. st: release build; flex is \
 measured with the default build (no libtorch to load), the other backends with a build that \
-has their features. `--dtype int8` on flex runs the attention-output and feed-forward \
-projections in int8; bf16 elsewhere runs the whole BERT in bfloat16.\n\n",
+has their features. `--dtype int8` on flex runs every encoder projection (smoothed, \
+SmoothQuant-style) and the word embeddings in int8; bf16 elsewhere runs the whole BERT in \
+bfloat16.\n\n",
             if quick { " --quick" } else { "" },
             self.backends.join(","),
             self.cpu,
@@ -467,20 +487,23 @@ Spearman (cosine, ×100) of flex in both dtypes.\n\n",
     fn start_and_training_tables(&self) -> String {
         let mut out = String::from(
             "## Start-up, memory, training\n\nCold start: a new process encoding \"hello \
-world\" (load, tokenize, encode, print). Peak RSS of the headline encode in the last column.\n\n",
+world\" (load, tokenize, encode, print). Peak RSS of the headline encode, and the bytes \
+the model's weights hold once loaded (`st encode --timing`; an int8 model releases the float \
+weights int8 replaces, but loads them first, so its peak RSS is the float model's).\n\n",
         );
         out.push_str(&header(&[
             "side".into(),
             "cold start (s)".into(),
             "peak RSS, cold start (MB)".into(),
             "peak RSS, encode (MB)".into(),
+            "weights in memory (MB)".into(),
         ]));
+        let mb = |v: Option<f64>| v.map_or("—".into(), |v| format!("{v:.0}"));
         for c in &self.start {
-            let encode = self.encode[0]
-                .rss(&c.side)
-                .map_or("—".into(), |v| format!("{v:.0}"));
+            let encode = mb(self.encode[0].rss(&c.side));
+            let weights = mb(self.encode[0].weight_mb(&c.side));
             out.push_str(&format!(
-                "| {} | {:.2} | {:.0} | {encode} |\n",
+                "| {} | {:.2} | {:.0} | {encode} | {weights} |\n",
                 c.side.label(),
                 c.seconds,
                 c.peak_rss_mb
