@@ -281,7 +281,8 @@ impl Experiments<'_> {
         md.push_str(&"---|".repeat(columns.len() + 5));
         md.push('\n');
         for (name, label, runs) in results {
-            md.push_str(&format!("| {label} |"));
+            // A `|` in the label would end the cell.
+            md.push_str(&format!("| {} |", label.replace('|', "\\|")));
             for c in &columns {
                 let v: Vec<f64> = runs
                     .iter()
