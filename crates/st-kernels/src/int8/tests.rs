@@ -208,15 +208,7 @@ fn int8_product_is_close_to_the_f32_product() {
         let w = QuantizedMatrix::quantize(&weight, d_in, d_out);
         let x = rng.gaussians(m * d_in, 1.0);
         let got = run_at(Level::active(), &x, m, &w, None);
-        let mut want = vec![0.0f64; m * d_out];
-        for i in 0..m {
-            for k in 0..d_in {
-                let xv = f64::from(x[i * d_in + k]);
-                for n in 0..d_out {
-                    want[i * d_out + n] += xv * f64::from(weight[k * d_out + n]);
-                }
-            }
-        }
+        let want = exact_product(&x, &weight, m, d_in, d_out);
         for (i, (cosine, rel)) in row_errors(&got, &want, d_out).into_iter().enumerate() {
             assert!(
                 cosine >= 0.9995,
