@@ -210,12 +210,7 @@ impl E2e<'_> {
             );
         }
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let v: serde_json::Value = serde_json::from_str(
-            stdout
-                .lines()
-                .last()
-                .context("sts_eval.py printed nothing")?,
-        )?;
+        let v: serde_json::Value = crate::last_json_line(&stdout, "sts_eval.py")?;
         v["spearman_cosine"]
             .as_f64()
             .context("sts_eval.py printed no spearman_cosine")
@@ -235,7 +230,7 @@ impl E2e<'_> {
             data.to_str().context("path")?,
             "--json",
         ])?;
-        let v: serde_json::Value = serde_json::from_str(json.lines().last().context("no output")?)?;
+        let v: serde_json::Value = crate::last_json_line(&json, "st eval sts --json")?;
         let ours = v["spearman_cosine"]
             .as_f64()
             .context("no spearman_cosine")?;
@@ -274,8 +269,7 @@ impl E2e<'_> {
             "--config",
             config.to_str().context("path")?,
         ])?;
-        let summary: st_runlog::TrainSummary =
-            serde_json::from_str(json.lines().last().context("st train printed no summary")?)?;
+        let summary: st_runlog::TrainSummary = crate::last_json_line(&json, "st train --json")?;
         let ours = 100.0 * summary.metrics["sts"]["spearman"];
         let theirs = self.python_sts(out, &test)?;
         if (ours - theirs).abs() > 0.05 {

@@ -211,13 +211,7 @@ impl Experiments<'_> {
             bail!("st train failed on {}:\n{stderr}", config.display());
         }
         let stdout = String::from_utf8_lossy(&output.stdout);
-        let summary: st_runlog::TrainSummary = serde_json::from_str(
-            stdout
-                .lines()
-                .last()
-                .context("st train --json printed no summary")?,
-        )
-        .context("st train --json printed no st_runlog::TrainSummary")?;
+        let summary: st_runlog::TrainSummary = crate::last_json_line(&stdout, "st train --json")?;
         let mut metrics = BTreeMap::new();
         for (task, m) in &summary.metrics {
             // Each task's main metric, and a similarity task's Spearman on truncated embeddings.

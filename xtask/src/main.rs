@@ -393,6 +393,18 @@ fn release_st(backends: &str, purpose: &str) -> Result<PathBuf> {
     Ok(st)
 }
 
+/// The last line of a command's standard output, parsed as JSON: how xtask reads the typed
+/// summaries `st ... --json` and the reference scripts print after any progress lines. `what`
+/// names the command in errors.
+pub fn last_json_line<T: serde::de::DeserializeOwned>(stdout: &str, what: &str) -> Result<T> {
+    let line = stdout
+        .lines()
+        .last()
+        .with_context(|| format!("{what} printed nothing"))?;
+    serde_json::from_str(line)
+        .with_context(|| format!("{what}: last line is not the JSON expected"))
+}
+
 /// One folder holding `names` as sub-folders: `$ST_DATASETS`, `../shared/datasets` beside the
 /// repository, or the st cache, fetching what is missing (st_hub::datasets).
 fn datasets_root(names: &[&str]) -> Result<PathBuf> {
