@@ -17,16 +17,20 @@ pub enum Level {
     Avx512,
     /// AVX-512 plus AVX512-VNNI (Cascade Lake and later, Zen 4 and later).
     Avx512Vnni,
+    /// AVX-512 VNNI plus AMX-INT8 tile instructions (Sapphire Rapids and later Xeons), where the
+    /// operating system grants this process the tile registers (Linux 5.16 and later).
+    Amx,
 }
 
 impl Level {
     /// Every level, lowest first.
-    pub const ALL: [Level; 5] = [
+    pub const ALL: [Level; 6] = [
         Level::Scalar,
         Level::Avx2,
         Level::AvxVnni,
         Level::Avx512,
         Level::Avx512Vnni,
+        Level::Amx,
     ];
 
     /// The name `ST_KERNELS` takes and `st info --backends` prints.
@@ -37,6 +41,7 @@ impl Level {
             Level::AvxVnni => "avx-vnni",
             Level::Avx512 => "avx512",
             Level::Avx512Vnni => "avx512-vnni",
+            Level::Amx => "amx",
         }
     }
 
@@ -63,6 +68,7 @@ impl Level {
                 Level::Avx512Vnni => {
                     avx2 && avx512 && std::arch::is_x86_feature_detected!("avx512vnni")
                 }
+                Level::Amx => Level::Avx512Vnni.supported() && amx_tiles_usable(),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -114,6 +120,50 @@ impl Level {
     }
 }
 
+/// Whether this CPU has AMX-TILE and AMX-INT8 and the operating system lets this process use
+/// the tile registers. Linux hands out the 8 KiB of tile state only on request
+/// (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`, once per process, granted to every
+/// thread); without that, the first tile instruction kills the process with SIGILL. Other
+/// systems: not used. Asked once per process.
+#[cfg(target_arch = "x86_64")]
+fn amx_tiles_usable() -> bool {
+    static USABLE: OnceLock<bool> = OnceLock::new();
+    *USABLE.get_or_init(|| {
+        // CPUID leaf 7 exists on every x86-64 CPU with AVX-512 (the caller checks that first).
+        let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
+        let (amx_tile, amx_int8) = (leaf7.edx >> 24 & 1 == 1, leaf7.edx >> 25 & 1 == 1);
+        amx_tile && amx_int8 && request_tile_permission()
+    })
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn request_tile_permission() -> bool {
+    const SYS_ARCH_PRCTL: i64 = 158;
+    const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
+    const XFEATURE_XTILEDATA: i64 = 18;
+    let ret: i64;
+    // SAFETY: a plain Linux system call (x86-64 ABI: number in rax, arguments in rdi and rsi,
+    // rcx and r11 clobbered by `syscall`). It only changes which register state the kernel
+    // saves for this process; an older kernel answers -EINVAL and nothing changes.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") SYS_ARCH_PRCTL => ret,
+            in("rdi") ARCH_REQ_XCOMP_PERM,
+            in("rsi") XFEATURE_XTILEDATA,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret == 0
+}
+
+#[cfg(all(target_arch = "x86_64", not(target_os = "linux")))]
+fn request_tile_permission() -> bool {
+    false
+}
+
 impl fmt::Display for Level {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -135,6 +185,9 @@ mod tests {
         // A level implies every level below it that it builds on.
         if Level::Avx512Vnni.supported() {
             assert!(Level::Avx512.supported() && Level::Avx2.supported());
+        }
+        if Level::Amx.supported() {
+            assert!(Level::Avx512Vnni.supported());
         }
     }
 }

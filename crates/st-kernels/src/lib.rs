@@ -5,7 +5,7 @@
 //!
 //! Every kernel has a portable scalar version, which is the reference in tests and runs on
 //! any CPU (aarch64 included), and SIMD versions chosen at run time from what the CPU
-//! reports ([`Level::detected`]). `ST_KERNELS=scalar|avx2|avx-vnni|avx512|avx512-vnni` caps
+//! reports ([`Level::detected`]). `ST_KERNELS=scalar|avx2|avx-vnni|avx512|avx512-vnni|amx` caps
 //! the level, so tests (and users chasing a suspected kernel bug) can force each path in turn.
 //! Stable Rust only: `std::arch` intrinsics behind `#[target_feature]`, no C, no nightly.
 //!

@@ -21,12 +21,23 @@ type MicroTile = unsafe fn(&Tile, usize, usize);
 pub(super) unsafe fn tile(tile: &Tile) {
     for p0 in tile.panels.clone().step_by(PANELS) {
         let panels = (tile.panels.end - p0).min(PANELS);
-        for i0 in tile.rows.clone().step_by(ROWS) {
-            let rows = (tile.rows.end - i0).min(ROWS);
-            // SAFETY: same features as this function; `i0..i0 + rows` and
-            // `p0..p0 + panels` lie inside the tile.
-            unsafe { micro_tile_for(rows, panels)(tile, i0, p0) };
-        }
+        // SAFETY: same features; rows and panels inside the tile.
+        unsafe { rows(tile, tile.rows.clone(), p0, panels) };
+    }
+}
+
+/// Rows `rows` × panels `p0..p0 + panels` (at most 4) of `tile`, 6 rows at a time.
+///
+/// # Safety
+/// AVX-512 F/BW + VNNI; `rows` and `p0..p0 + panels` lie inside the tile.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub(super) unsafe fn rows(tile: &Tile, rows: std::ops::Range<usize>, p0: usize, panels: usize) {
+    debug_assert!(panels <= PANELS);
+    for i0 in rows.clone().step_by(ROWS) {
+        let count = (rows.end - i0).min(ROWS);
+        // SAFETY: same features as this function; `i0..i0 + count` and `p0..p0 + panels` lie
+        // inside the tile (caller's contract).
+        unsafe { micro_tile_for(count, panels)(tile, i0, p0) };
     }
 }
 
@@ -115,7 +126,7 @@ use super::Block;
 /// AVX-512 F; row `i` and panel `p` belong to `tile`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn store_panel(tile: &Tile, i: usize, p: usize, acc: __m512i) {
+pub(super) unsafe fn store_panel(tile: &Tile, i: usize, p: usize, acc: __m512i) {
     let n0 = p * PANEL;
     let scales = &tile.w.scales[n0..n0 + PANEL];
     let bias = &tile.bias[n0..n0 + PANEL];

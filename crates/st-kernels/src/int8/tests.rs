@@ -31,7 +31,9 @@ impl Rng {
 
 /// `(m, d_in, d_out)`: awkward sizes (1, 2 and 257 rows, `d_in = 1`, columns not a multiple
 /// of 16, row counts not a multiple of any micro-tile) and the model's own shapes, small `m`.
-const SHAPES: [(usize, usize, usize); 11] = [
+/// The AMX kernel takes `d_in` multiples of 64 in 16- and 32-row blocks and pairs of panels:
+/// 37, 19, 64 and 100 rows with odd and even panel counts give it full blocks and tails.
+const SHAPES: [(usize, usize, usize); 12] = [
     (1, 1, 1),
     (2, 3, 17),
     (1, 384, 384),
@@ -43,6 +45,7 @@ const SHAPES: [(usize, usize, usize); 11] = [
     (19, 1536, 384),
     (257, 72, 31),
     (64, 768, 200),
+    (100, 128, 96),
 ];
 
 /// Random activations with the traits of real ones: Gaussian rows of varied scale, one row of
