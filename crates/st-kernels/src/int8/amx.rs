@@ -161,15 +161,29 @@ unsafe fn micro_tile(tile: &Tile, i0: usize, p0: usize, blocks: usize) {
             );
         }
     }
+    // SAFETY: the asm above stored accumulator tiles 0 .. 2 · blocks at `c`; the rows and
+    // panels belong to the tile (this function's contract).
+    unsafe { store_sums(tile, c, i0, p0, blocks) };
+}
+
+/// The epilogue of [`micro_tile`]: adds each column's `q + 128` compensation to the sums of
+/// accumulator tile `2b + q` (rows `i0 + 16b ..`, panel `p0 + q`), then dequantizes and stores
+/// them as the VNNI kernel does.
+///
+/// # Safety
+/// AVX-512 F/BW; `c` holds `2 · blocks` stored tiles (16 rows of 16 i32 each, 64-aligned);
+/// the rows and panels belong to `tile`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn store_sums(tile: &Tile, c: *const i32, i0: usize, p0: usize, blocks: usize) {
     for b in 0..blocks {
         for q in 0..2 {
             let p = p0 + q;
-            let compensation = &w.u8_compensation[p * PANEL..][..PANEL];
+            let compensation = &tile.w.u8_compensation[p * PANEL..][..PANEL];
             // SAFETY: 16 i32 = 64 bytes.
             let compensation = unsafe { _mm512_loadu_si512(compensation.as_ptr().cast()) };
             for r in 0..TILE_ROWS {
-                // SAFETY: the asm stored accumulator tile `2b + q` (1 KiB, 16 rows of 16 i32);
-                // row `i0 + 16b + r` and panel `p` belong to the tile (caller's contract).
+                // SAFETY: tile `2b + q` is stored (caller's contract); row `i0 + 16b + r` and
+                // panel `p` belong to the tile.
                 unsafe {
                     let row = c.add((2 * b + q) * TILE_ROWS * PANEL + r * PANEL);
                     let acc = _mm512_load_si512(row.cast());
