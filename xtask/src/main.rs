@@ -63,7 +63,7 @@ commands:
                       loading DIR; fail unless every cosine is >= 0.9999";
 
 /// The experiment tables under docs/experiments/, in the order docs/training-considerations.md
-/// discusses them.
+/// and then docs/design-choices.md discuss them.
 const EXPERIMENT_TABLES: &[&str] = &[
     "freezing",
     "transfer",
@@ -74,6 +74,7 @@ const EXPERIMENT_TABLES: &[&str] = &[
     "similarity-losses",
     "sick-multitask",
     "heads-plus-embedding",
+    "head-design",
 ];
 
 /// The Python packages the reference side pins: the versions the fixtures were made with.
