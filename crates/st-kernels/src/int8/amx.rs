@@ -102,67 +102,49 @@ unsafe fn micro_tile(tile: &Tile, i0: usize, p0: usize, blocks: usize) {
     // reads (zeroing these 4 KiB per micro-tile took 15% of the time).
     let mut sums = std::mem::MaybeUninit::<Sums>::uninit();
     let c = sums.as_mut_ptr().cast::<i32>();
-    // SAFETY (both blocks): each step reads 16 rows × 64 bytes of activations at `stride` from
-    // `x0` (and `x0 + 16 · stride`) and 16 blocks of each panel, advancing 64 bytes and 16
-    // blocks: `steps` steps end exactly at the end of the rows and of the panels. The stores
-    // write the `blocks · 2` KiB of `sums` the epilogue reads.
+    // One loop for both block counts: with one block, the second row block repeats the first
+    // (a 16-row tail at most once per row block of the output), and its sums are never read.
+    let x1 = if blocks == 2 {
+        x0.wrapping_add(TILE_ROWS * stride)
+    } else {
+        x0
+    };
+    // SAFETY: each step reads 16 rows × 64 bytes of activations at `stride` from `x0` and
+    // from `x1` (rows of this micro-tile) and 16 blocks of each panel, advancing 64 bytes and
+    // 16 blocks: `steps` steps end exactly at the end of the rows and of the panels. The
+    // stores write the 4 KiB of `sums`.
     unsafe {
-        if blocks == 2 {
-            asm!(
-                "tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3",
-                "2:",
-                "tileloadd tmm4, [{x0} + {xs} * 1]",
-                "tileloadd tmm5, [{x1} + {xs} * 1]",
-                "tileloadd tmm6, [{b0} + {bs} * 1]",
-                "tileloadd tmm7, [{b1} + {bs} * 1]",
-                "tdpbusd tmm0, tmm4, tmm6",
-                "tdpbusd tmm1, tmm4, tmm7",
-                "tdpbusd tmm2, tmm5, tmm6",
-                "tdpbusd tmm3, tmm5, tmm7",
-                "add {x0}, 64", "add {x1}, 64", "add {b0}, 1024", "add {b1}, 1024",
-                "dec {steps}",
-                "jnz 2b",
-                "tilestored [{c} + {bs} * 1], tmm0",
-                "tilestored [{c} + {bs} * 1 + 1024], tmm1",
-                "tilestored [{c} + {bs} * 1 + 2048], tmm2",
-                "tilestored [{c} + {bs} * 1 + 3072], tmm3",
-                x0 = inout(reg) x0 => _,
-                x1 = inout(reg) x0.add(TILE_ROWS * stride) => _,
-                b0 = inout(reg) b0 => _,
-                b1 = inout(reg) b1 => _,
-                steps = inout(reg) steps => _,
-                xs = in(reg) stride,
-                bs = in(reg) TILE_BYTES,
-                c = in(reg) c,
-                options(nostack),
-            );
-        } else {
-            asm!(
-                "tilezero tmm0", "tilezero tmm1",
-                "2:",
-                "tileloadd tmm4, [{x0} + {xs} * 1]",
-                "tileloadd tmm6, [{b0} + {bs} * 1]",
-                "tileloadd tmm7, [{b1} + {bs} * 1]",
-                "tdpbusd tmm0, tmm4, tmm6",
-                "tdpbusd tmm1, tmm4, tmm7",
-                "add {x0}, 64", "add {b0}, 1024", "add {b1}, 1024",
-                "dec {steps}",
-                "jnz 2b",
-                "tilestored [{c} + {bs} * 1], tmm0",
-                "tilestored [{c} + {bs} * 1 + 1024], tmm1",
-                x0 = inout(reg) x0 => _,
-                b0 = inout(reg) b0 => _,
-                b1 = inout(reg) b1 => _,
-                steps = inout(reg) steps => _,
-                xs = in(reg) stride,
-                bs = in(reg) TILE_BYTES,
-                c = in(reg) c,
-                options(nostack),
-            );
-        }
+        asm!(
+            "tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3",
+            "2:",
+            "tileloadd tmm4, [{x0} + {xs} * 1]",
+            "tileloadd tmm5, [{x1} + {xs} * 1]",
+            "tileloadd tmm6, [{b0} + {bs} * 1]",
+            "tileloadd tmm7, [{b1} + {bs} * 1]",
+            "tdpbusd tmm0, tmm4, tmm6",
+            "tdpbusd tmm1, tmm4, tmm7",
+            "tdpbusd tmm2, tmm5, tmm6",
+            "tdpbusd tmm3, tmm5, tmm7",
+            "add {x0}, 64", "add {x1}, 64", "add {b0}, 1024", "add {b1}, 1024",
+            "dec {steps}",
+            "jnz 2b",
+            "tilestored [{c} + {bs} * 1], tmm0",
+            "tilestored [{c} + {bs} * 1 + 1024], tmm1",
+            "tilestored [{c} + {bs} * 1 + 2048], tmm2",
+            "tilestored [{c} + {bs} * 1 + 3072], tmm3",
+            x0 = inout(reg) x0 => _,
+            x1 = inout(reg) x1 => _,
+            b0 = inout(reg) b0 => _,
+            b1 = inout(reg) b1 => _,
+            steps = inout(reg) steps => _,
+            xs = in(reg) stride,
+            bs = in(reg) TILE_BYTES,
+            c = in(reg) c,
+            options(nostack),
+        );
     }
-    // SAFETY: the asm above stored accumulator tiles 0 .. 2 · blocks at `c`; the rows and
-    // panels belong to the tile (this function's contract).
+    // SAFETY: the asm above stored all four accumulator tiles at `c`; the rows and panels
+    // belong to the tile (this function's contract).
     unsafe { store_sums(tile, c, i0, p0, blocks) };
 }
 
