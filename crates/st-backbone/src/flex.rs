@@ -1,10 +1,11 @@
 //! burn-flex's [`EncoderBackend`]: the encoder's hot path on st-kernels' fused CPU kernels.
 //!
 //! Each override runs only on f32 tensors (bf16/f16 models fall back to the composed code).
-//! The projections run on burn-flex's gemm, or on st-kernels' int8 matmul when
+//! The projections run on st-kernels' f32 `linear_f32` (the `gemm` crate, into fresh memory),
+//! or on its int8 matmul when
 //! [`BertModel::with_int8_linears`](crate::BertModel::with_int8_linears) quantized them; the
 //! work around them (bias, GELU, residual, LayerNorm, attention) happens in place on the
-//! matmul's fresh output.
+//! product's output.
 
 use burn::tensor::{Bool, DType, Tensor, TensorData, TensorPrimitive};
 use burn_flex::{Flex, FlexTensor};
@@ -67,17 +68,18 @@ impl EncoderBackend for Flex {
         }
         // Three products on the weights as loaded: joining them into one would copy the
         // weights on every call.
+        let x = f32_values(x.reshape([batch * seq, hidden]));
         let [q, k, v] = projections.map(|linear| {
-            let mut y = project(linear, x.clone());
+            let mut y = product(linear, f32_slice(&x), batch * seq);
             if let Some(bias) = &linear.bias {
-                st_kernels::add_bias(f32_mut(&mut y), f32_slice(&f32_values(bias.val())));
+                st_kernels::add_bias(&mut y, f32_slice(&f32_values(bias.val())));
             }
             y
         });
         let parts = Qkv {
-            q: f32_slice(&q),
-            k: f32_slice(&k),
-            v: f32_slice(&v),
+            q: &q,
+            k: &k,
+            v: &v,
             row_stride: hidden,
         };
         st_kernels::attention(parts, bias, shape, &mut context);
@@ -152,10 +154,17 @@ impl EncoderBackend for Flex {
 /// `x · W` over all tokens (`[batch·seq, d_out]`), bias not yet added.
 fn project(linear: &burn::nn::Linear<Flex>, x: Tensor<Flex, 3>) -> FlexTensor {
     let [batch, seq, d_in] = x.dims();
-    x.reshape([batch * seq, d_in])
-        .matmul(linear.weight.val())
-        .into_primitive()
-        .tensor()
+    let tokens = batch * seq;
+    let x = f32_values(x.reshape([tokens, d_in]));
+    let y = product(linear, f32_slice(&x), tokens);
+    FlexTensor::from_data(TensorData::new(y, [tokens, linear.weight.dims()[1]]))
+}
+
+/// `x · W` for `x` as `tokens` rows (`[tokens, d_in]`), on st-kernels' f32 projection (the
+/// weights as loaded: contiguous, so no copy).
+fn product(linear: &burn::nn::Linear<Flex>, x: &[f32], tokens: usize) -> Vec<f32> {
+    let weight = f32_values(linear.weight.val());
+    st_kernels::linear_f32(x, tokens, f32_slice(&weight), linear.weight.dims()[0])
 }
 
 /// `x · W + b` over all tokens (`[batch·seq, d_out]`) in int8 (st-kernels' VNNI/AVX2 matmul).

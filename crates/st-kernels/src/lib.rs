@@ -15,6 +15,9 @@
 //! - [`add_bias`]: bias add in place.
 //! - [`bias_gelu`]: bias + exact GELU in place.
 //! - [`bias_residual_layer_norm`]: bias + residual + LayerNorm in place.
+//!
+//! [`linear_f32`], the fp32 projection (bias left to the kernel after it), runs the `gemm` crate's kernels, which pick their own
+//! instruction set at run time (`ST_KERNELS` does not reach them).
 
 mod attention;
 mod bias;
@@ -22,6 +25,7 @@ mod dispatch;
 mod gelu;
 mod int8;
 mod layer_norm;
+mod linear;
 mod math;
 mod multiversion;
 
@@ -31,3 +35,4 @@ pub use dispatch::Level;
 pub use gelu::{bias_gelu, bias_gelu_at};
 pub use int8::{QuantizedMatrix, QuantizedTable, linear_int8, linear_int8_at, smoothing_factors};
 pub use layer_norm::{LayerNormParams, bias_residual_layer_norm, bias_residual_layer_norm_at};
+pub use linear::linear_f32;

@@ -266,3 +266,23 @@ fn add_bias_matches_reference_at_every_level() {
         }
     }
 }
+
+#[test]
+fn linear_f32_matches_reference() {
+    // One row, widths that are not a multiple of 16, and a product big enough to thread.
+    for (m, d_in, d_out) in [(1, 1, 1), (3, 17, 5), (7, 384, 100), (257, 384, 1152)] {
+        let x = random(m * d_in, 10, 1.0);
+        let w = random(d_in * d_out, 11, 0.2);
+        let want: Vec<f64> = (0..m * d_out)
+            .map(|i| {
+                let (t, c) = (i / d_out, i % d_out);
+                (0..d_in)
+                    .map(|j| x[t * d_in + j] as f64 * w[j * d_out + c] as f64)
+                    .sum()
+            })
+            .collect();
+        let got = st_kernels::linear_f32(&x, m, &w, d_in);
+        assert_close(&got, &want, 1e-5, &format!("linear_f32 {m}x{d_in}x{d_out}"));
+    }
+    assert!(st_kernels::linear_f32(&[], 0, &[1.0; 6], 2).is_empty());
+}
