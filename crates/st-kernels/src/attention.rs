@@ -183,9 +183,15 @@ fn one_head_portable(
     let hidden = shape.hidden();
     let (seq_pad, dim_pad) = (scratch.seq_pad, scratch.dim_pad);
     let at = |i: usize| (b * seq + i) * qkv.row_stride + h * d;
+    // A local slice: stored through `scratch` directly, each element reloaded the buffer's
+    // pointer (the store might have changed it) and checked its bounds again.
+    let keys_t = &mut scratch.keys_t[..d * seq_pad];
     for j in 0..seq {
-        for (c, &x) in qkv.k[at(j)..at(j) + d].iter().enumerate() {
-            scratch.keys_t[c * seq_pad + j] = x;
+        for (column, &x) in keys_t
+            .chunks_exact_mut(seq_pad)
+            .zip(&qkv.k[at(j)..at(j) + d])
+        {
+            column[j] = x;
         }
         scratch.values[j * dim_pad..j * dim_pad + d].copy_from_slice(&qkv.v[at(j)..at(j) + d]);
     }
