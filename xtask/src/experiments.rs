@@ -152,7 +152,16 @@ impl Experiments<'_> {
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|e| e == "toml"))
             .collect();
-        rows.sort();
+        // By the number a config's name starts with, so row 10 follows row 9.
+        rows.sort_by_cached_key(|p| {
+            let name = p
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let digits: String = name.chars().take_while(char::is_ascii_digit).collect();
+            (digits.parse::<u64>().unwrap_or(u64::MAX), name)
+        });
         let work = self.root.join("target/experiments").join(table);
         // row name → per-seed results
         let mut results: Vec<(String, String, Vec<RunResult>)> = Vec::new();

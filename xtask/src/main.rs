@@ -75,6 +75,7 @@ const EXPERIMENT_TABLES: &[&str] = &[
     "sick-multitask",
     "heads-plus-embedding",
     "head-design",
+    "head-input",
 ];
 
 /// The Python packages the reference side pins: the versions the fixtures were made with.

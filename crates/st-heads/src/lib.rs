@@ -2,9 +2,9 @@
 //!
 //! Any number of **named** task heads on one shared [`SentenceEncoder`]:
 //!
-//! - [`HeadKind::Sentence`]: classification of the pooled sentence embedding (topic, intent,
-//!   sentiment, …): dropout → linear, or dropout → linear → GELU → dropout → linear when
-//!   [`HeadSpec::hidden`] is set;
+//! - [`HeadKind::Sentence`]: classification of the pooled sentence embedding, or of the first
+//!   token's state ([`SentenceInput`]) (topic, intent, sentiment, …): dropout → linear, or
+//!   dropout → linear → GELU → dropout → linear when [`HeadSpec::hidden`] is set;
 //! - [`HeadKind::Token`]: classification of every token embedding (NER, slot filling). Word
 //!   labels sit on each word's first sub-word; the other positions carry [`IGNORE`];
 //! - [`HeadKind::PairClassification`]: one label per text pair from `(u, v, |u − v|)`, the two
@@ -105,6 +105,39 @@ pub struct HeadSpec {
     pub hidden: Option<usize>,
     #[serde(default = "default_dropout")]
     pub dropout: f64,
+    /// Sentence heads: what they read (the pooled embedding unless told otherwise).
+    #[serde(default, skip_serializing_if = "SentenceInput::is_pooled")]
+    pub input: SentenceInput,
+}
+
+/// What a sentence classification head reads from the encoder.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SentenceInput {
+    /// The sentence embedding: the model's pooling and Dense modules (sentence-transformers'
+    /// output, before any normalization).
+    #[default]
+    Pooled,
+    /// The first token's final hidden state (`[CLS]` / `<s>`), as BERT's own classifiers read.
+    Cls,
+}
+
+impl SentenceInput {
+    fn is_pooled(&self) -> bool {
+        *self == SentenceInput::Pooled
+    }
+
+    /// This input for every text of a batch.
+    ///
+    /// # Shapes
+    /// - `tokens`: `[texts, seq, hidden]`, `pooled`: `[texts, dim]`
+    /// - output: `[texts, dim]` (`Pooled`) or `[texts, hidden]` (`Cls`)
+    pub fn select<B: Backend>(self, tokens: &Tensor<B, 3>, pooled: &Tensor<B, 2>) -> Tensor<B, 2> {
+        match self {
+            SentenceInput::Pooled => pooled.clone(),
+            SentenceInput::Cls => tokens.clone().narrow(1, 0, 1).squeeze_dim(1),
+        }
+    }
 }
 
 fn default_dropout() -> f64 {
@@ -119,6 +152,7 @@ impl HeadSpec {
             labels,
             hidden: None,
             dropout: default_dropout(),
+            input: SentenceInput::Pooled,
         }
     }
 
@@ -232,6 +266,7 @@ impl<B: EncoderBackend> MultiTaskModel<B> {
             .map(|spec| {
                 let dim = match spec.kind {
                     HeadKind::Token => token_dim,
+                    HeadKind::Sentence if spec.input == SentenceInput::Cls => token_dim,
                     // SBERT's softmax head reads the concatenation (u, v, |u − v|).
                     HeadKind::PairClassification => 3 * sentence_dim,
                     _ => sentence_dim,
@@ -266,7 +301,8 @@ impl<B: EncoderBackend> MultiTaskModel<B> {
                 }
                 match head.spec.kind {
                     HeadKind::Sentence => Some(HeadOutput::Sentence(
-                        head.classifier().forward(pooled.clone()),
+                        head.classifier()
+                            .forward(head.spec.input.select(&tokens, &pooled)),
                     )),
                     HeadKind::Token => {
                         Some(HeadOutput::Token(head.classifier().forward(tokens.clone())))
@@ -480,6 +516,33 @@ mod tests {
         .unwrap();
         assert_eq!(spec.kind, HeadKind::Token);
         assert_eq!(spec.dropout, 0.1);
+        assert_eq!(spec.input, SentenceInput::Pooled);
         assert_eq!(spec.label_id("B-PER"), Some(1));
+        // The input is written only when it is not the default, and read back.
+        let mut spec = HeadSpec::new("t", HeadKind::Sentence, vec!["a".into(), "b".into()]);
+        assert!(!serde_json::to_string(&spec).unwrap().contains("input"));
+        spec.input = SentenceInput::Cls;
+        let text = serde_json::to_string(&spec).unwrap();
+        assert!(text.contains(r#""input":"cls""#), "{text}");
+        assert_eq!(serde_json::from_str::<HeadSpec>(&text).unwrap(), spec);
+    }
+
+    #[test]
+    fn sentence_input_selects_the_pooled_rows_or_the_first_tokens() {
+        let device = Default::default();
+        let tokens = Tensor::<B, 3>::from_data(
+            TensorData::new((0..12).map(|v| v as f32).collect::<Vec<_>>(), [2, 3, 2]),
+            &device,
+        );
+        let pooled = Tensor::<B, 2>::from_data(TensorData::new(vec![-1.0f32; 4], [2, 2]), &device);
+        let values = |t: Tensor<B, 2>| t.into_data().to_vec::<f32>().unwrap();
+        assert_eq!(
+            values(SentenceInput::Cls.select(&tokens, &pooled)),
+            [0.0, 1.0, 6.0, 7.0]
+        );
+        assert_eq!(
+            values(SentenceInput::Pooled.select(&tokens, &pooled)),
+            [-1.0; 4]
+        );
     }
 }

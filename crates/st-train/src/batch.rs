@@ -133,6 +133,7 @@ pub fn head_specs(
             .map_err(TrainError::Config)?;
         let mut spec = HeadSpec::new(name.clone(), shape.kind, shape.labels.into_iter().collect());
         spec.hidden = o.hidden;
+        spec.input = o.input.unwrap_or_default();
         spec.dropout = match (o.dropout, shape.kind) {
             (Some(d), _) => d,
             // sentence-transformers' SoftmaxLoss has no dropout.

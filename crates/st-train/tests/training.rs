@@ -660,6 +660,61 @@ fn two_accumulated_batches_of_16_equal_one_of_32() {
 }
 
 #[test]
+fn a_head_on_the_first_token_trains_saves_and_answers_from_it() {
+    let (_serial, dir, model) = setup();
+    let out = dir.path().join("out");
+    let mut c = config(&model, &out);
+    c.epochs = 2;
+    c.lr = LayerwiseLrDecay::flat(3e-3);
+    c.tasks.insert(
+        "topic".into(),
+        st_train::TaskOptions {
+            input: Some(st_heads::SentenceInput::Cls),
+            ..Default::default()
+        },
+    );
+    let summary = train::<B>(&c, &model, &Default::default(), &mut |_| {}).unwrap();
+    let heads = std::fs::read_to_string(out.join("heads.json")).unwrap();
+    assert_eq!(heads.matches("\"input\": \"cls\"").count(), 1, "{heads}");
+    let saved = load_trained::<Flex>(&out, &Default::default()).unwrap();
+    let again = st_train::evaluate_on(&saved, &c.eval, 64).unwrap();
+    assert_eq!(again["topic"], summary.metrics["topic"]);
+    // The topic head reads the first token's state: its logits are the classifier on it, and
+    // not on the pooled embedding.
+    let topic = saved.head_index("topic").unwrap();
+    let encoded = saved
+        .encoder
+        .tokenize(&["the market rose", "a long quiet river bend"])
+        .unwrap();
+    let rows: Vec<_> = encoded.iter().collect();
+    let input = st_backbone::TokenBatch::pad(&rows, 0).to_input::<Flex>(&Default::default());
+    let (tokens, pooled) = saved.encoder.features(input.clone());
+    let head = saved.heads[topic].classifier();
+    let cls = head.forward(tokens.narrow(1, 0, 1).squeeze_dim::<2>(1));
+    let Some(st_heads::HeadOutput::Sentence(logits)) = saved.forward(input, &[]).remove(topic)
+    else {
+        panic!("no sentence logits for topic");
+    };
+    let diff = |a: burn::tensor::Tensor<Flex, 2>, b: burn::tensor::Tensor<Flex, 2>| {
+        (a - b).abs().max().into_scalar()
+    };
+    assert!(diff(logits.clone(), cls) < 1e-6);
+    assert!(diff(logits, head.forward(pooled)) > 1e-4);
+    // The option belongs to sentence heads only.
+    let mut c = config(&model, &dir.path().join("refused"));
+    c.tasks.insert(
+        "sentiment".into(),
+        st_train::TaskOptions {
+            kind: Some(st_heads::HeadKind::Token),
+            input: Some(st_heads::SentenceInput::Cls),
+            ..Default::default()
+        },
+    );
+    let err = train::<B>(&c, &model, &Default::default(), &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("tasks.sentiment."), "{err}");
+}
+
+#[test]
 fn the_best_evaluation_is_the_saved_model_and_patience_stops_the_run() {
     let (_serial, dir, model) = setup();
     let out = dir.path().join("out");

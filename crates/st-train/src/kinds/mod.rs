@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
-use st_heads::{HeadKind, HeadSpec, TaskHead};
+use st_heads::{HeadKind, HeadSpec, SentenceInput, TaskHead};
 
 pub use pair::PairClassification;
 pub use retrieval::Retrieval;
@@ -44,6 +44,14 @@ impl<B: Backend> Features<B> {
         self.pooled
             .clone()
             .select(0, indices(&idx, &self.pooled.device()))
+    }
+
+    /// What sentence head `head` reads ([`SentenceInput`]) for the first text of `rows`.
+    pub fn sentence_at(&self, head: &TaskHead<B>, rows: &[TaskRow]) -> Tensor<B, 2> {
+        let idx: Vec<usize> = rows.iter().map(|r| r.texts[0]).collect();
+        let input = head.spec.input.select(&self.tokens, &self.pooled);
+        let device = input.device();
+        input.select(0, indices(&idx, &device))
     }
 }
 
@@ -124,6 +132,10 @@ pub struct TaskOptions {
     /// Classifiers: width of a hidden layer (an MLP head); none by default.
     #[serde(default)]
     pub hidden: Option<usize>,
+    /// Sentence classification: what the head reads, `pooled` (the sentence embedding, default)
+    /// or `cls` (the first token's final state).
+    #[serde(default)]
+    pub input: Option<SentenceInput>,
     /// Classifiers: dropout before the head's layers (default 0.1; 0 for pair classification,
     /// as sentence-transformers' `SoftmaxLoss`).
     #[serde(default)]
@@ -151,6 +163,7 @@ impl TaskOptions {
         let set = [
             ("hidden", self.hidden.is_some(), kind.classifies()),
             ("dropout", self.dropout.is_some(), kind.classifies()),
+            ("input", self.input.is_some(), kind == HeadKind::Sentence),
             ("loss", self.loss.is_some(), kind == HeadKind::Similarity),
             ("scale", self.scale.is_some(), embedding),
             ("symmetric", self.symmetric, kind == HeadKind::Retrieval),

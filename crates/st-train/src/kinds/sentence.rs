@@ -1,4 +1,4 @@
-//! Sentence classification: one label per text, from its pooled embedding.
+//! Sentence classification: one label per text, from its pooled embedding or first token.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -6,7 +6,8 @@ use st_heads::{TaskHead, masked_cross_entropy};
 
 use super::{Features, Output, Target, TaskKind, TaskRow, classes};
 
-/// Cross-entropy over the classes of the pooled embedding; accuracy and macro-F1.
+/// Cross-entropy over the classes of the head's input ([`st_heads::SentenceInput`]); accuracy
+/// and macro-F1.
 pub struct SentenceClassification;
 
 /// The class ids of `rows` as a target tensor.
@@ -23,12 +24,12 @@ pub(crate) fn class_ids<B: Backend>(rows: &[TaskRow], device: &B::Device) -> Ten
 
 impl<B: Backend> TaskKind<B> for SentenceClassification {
     fn loss(&self, head: &TaskHead<B>, features: &Features<B>, rows: &[TaskRow]) -> Tensor<B, 1> {
-        let logits = head.classifier().forward(features.pooled_at(rows, 0));
+        let logits = head.classifier().forward(features.sentence_at(head, rows));
         let targets = class_ids(rows, &logits.device());
         masked_cross_entropy(logits, targets).0
     }
 
     fn outputs(&self, head: &TaskHead<B>, features: &Features<B>, rows: &[TaskRow]) -> Vec<Output> {
-        classes(head.classifier().forward(features.pooled_at(rows, 0)))
+        classes(head.classifier().forward(features.sentence_at(head, rows)))
     }
 }
