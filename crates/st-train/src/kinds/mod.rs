@@ -40,19 +40,20 @@ pub struct Features<B: Backend> {
 impl<B: Backend> Features<B> {
     /// The pooled embeddings of the texts in slot `slot` (0: first text, 1: second, …) of `rows`.
     pub fn pooled_at(&self, rows: &[TaskRow], slot: usize) -> Tensor<B, 2> {
-        let idx: Vec<usize> = rows.iter().map(|r| r.texts[slot]).collect();
-        self.pooled
-            .clone()
-            .select(0, indices(&idx, &self.pooled.device()))
+        rows_at(self.pooled.clone(), rows, slot)
     }
 
     /// What sentence head `head` reads ([`SentenceInput`]) for the first text of `rows`.
     pub fn sentence_at(&self, head: &TaskHead<B>, rows: &[TaskRow]) -> Tensor<B, 2> {
-        let idx: Vec<usize> = rows.iter().map(|r| r.texts[0]).collect();
-        let input = head.spec.input.select(&self.tokens, &self.pooled);
-        let device = input.device();
-        input.select(0, indices(&idx, &device))
+        rows_at(head.spec.input.select(&self.tokens, &self.pooled), rows, 0)
     }
+}
+
+/// The rows of `per_text` (`[texts, d]`) for the texts in slot `slot` of `rows`.
+fn rows_at<B: Backend>(per_text: Tensor<B, 2>, rows: &[TaskRow], slot: usize) -> Tensor<B, 2> {
+    let idx: Vec<usize> = rows.iter().map(|r| r.texts[slot]).collect();
+    let device = per_text.device();
+    per_text.select(0, indices(&idx, &device))
 }
 
 /// A task's target on one row.
