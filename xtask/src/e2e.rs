@@ -153,7 +153,7 @@ impl E2e<'_> {
             .into_iter()
             .filter_map(|r| match r {
                 st_runlog::LogRecord::Eval(e) => e.eval.get("slots")?.get("entity_f1").copied(),
-                st_runlog::LogRecord::Step(_) => None,
+                st_runlog::LogRecord::Step(_) | st_runlog::LogRecord::Test(_) => None,
             })
             .collect();
         let best = evaluations.iter().copied().fold(f64::NAN, f64::max);

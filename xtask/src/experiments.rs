@@ -6,6 +6,12 @@
 //! seed): transfer learning and "pre-train a head, then freeze it". A row whose first line is
 //! `# stage` is a starting point only and gets no line of its own in the table. Paths to data
 //! are relative to the repository, as `../shared/datasets/...`.
+//!
+//! A row with a line `# sweep: KEY = [V1, V2, ...]` (a dotted config key, e.g. `lr.head_lr`)
+//! tries each value on the first seed and keeps the one whose best evaluation (the `[[eval]]`
+//! data, a dev set) scores highest; the other seeds run that value only. A row with `[[test]]`
+//! data is reported on it: the best model picked on `[[eval]]`, scored once, so neither the
+//! checkpoint nor the setting is chosen on the numbers shown.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,10 +21,78 @@ use anyhow::{Context, Result, bail};
 
 #[derive(Clone)]
 pub struct RunResult {
+    /// What the table shows: test metrics when the row has `[[test]]` data, else the best
+    /// evaluation's.
     metrics: BTreeMap<String, f64>,
+    /// The best evaluation's score (mean of each task's main metric ×100): what a sweep picks by.
+    dev_score: f64,
     trainable: u64,
     step_ms: f64,
     steps: u64,
+}
+
+/// A row's `# sweep: KEY = [V1, V2, ...]` line: a dotted config key and the values to try.
+struct Sweep {
+    key: String,
+    values: Vec<toml::Value>,
+}
+
+impl Sweep {
+    fn parse(text: &str, row: &Path) -> Result<Option<Self>> {
+        let mut lines = text.lines().filter_map(|l| l.strip_prefix("# sweep: "));
+        let Some(line) = lines.next() else {
+            return Ok(None);
+        };
+        if lines.next().is_some() {
+            bail!("{}: one `# sweep:` line per row", row.display());
+        }
+        let bad = || {
+            format!(
+                "{}: `# sweep: {line}` is not `KEY = [V1, V2, ...]`",
+                row.display()
+            )
+        };
+        let (key, _) = line.split_once('=').with_context(bad)?;
+        let table: toml::Table = format!("values {}", &line[key.len()..])
+            .parse()
+            .with_context(bad)?;
+        let values = match table.get("values") {
+            Some(toml::Value::Array(v)) if !v.is_empty() => v.clone(),
+            _ => bail!(bad()),
+        };
+        Ok(Some(Self {
+            key: key.trim().to_string(),
+            values,
+        }))
+    }
+
+    fn describe(&self, value: &toml::Value) -> String {
+        format!("{} = {value}", self.key)
+    }
+}
+
+/// Sets the dotted `key` (`lr.head_lr`) in a config, creating tables on the way.
+fn set_key(config: &mut toml::Table, key: &str, value: toml::Value) -> Result<()> {
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop().expect("split yields one part at least");
+    let mut table = config;
+    for part in parts {
+        table = table
+            .entry(part)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .with_context(|| format!("`{part}` in `{key}` is not a table"))?;
+    }
+    table.insert(last.to_string(), value);
+    Ok(())
+}
+
+/// One run of a row: its config file, seed, the value of its sweep, and where it starts from.
+struct Run<'a> {
+    config: &'a Path,
+    seed: u64,
+    setting: Option<(&'a str, &'a toml::Value)>,
+    start: Option<PathBuf>,
 }
 
 fn mean_std(v: &[f64]) -> (f64, f64) {
@@ -39,6 +113,43 @@ type Done = std::cell::RefCell<BTreeMap<String, (PathBuf, RunResult)>>;
 /// The datasets the experiment configs name (as `../shared/datasets/NAME/...`).
 pub const DATASETS: &[&str] = &["trec", "sst2", "snips", "stsb", "sick", "msrp"];
 
+/// A table's row configs, by the number their names start with (row 10 follows row 9).
+fn rows_of(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut rows: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("no experiment table {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    rows.sort_by_cached_key(|p| {
+        let name = p
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let digits: String = name.chars().take_while(char::is_ascii_digit).collect();
+        (digits.parse::<u64>().unwrap_or(u64::MAX), name)
+    });
+    Ok(rows)
+}
+
+/// One row's outcome: per-seed results of its chosen setting, and what its sweep tried.
+pub struct RowResults {
+    name: String,
+    label: String,
+    /// Each value the sweep tried (as `KEY = V`) with its dev score on the first seed.
+    tried: Vec<(String, f64)>,
+    /// Index into `tried` of the value the seeds ran with.
+    pick: Option<usize>,
+    runs: Vec<RunResult>,
+}
+
+impl RowResults {
+    /// The suffix of the run folders of the chosen setting.
+    fn suffix(&self) -> String {
+        self.pick.map_or(String::new(), |i| format!("-v{i}"))
+    }
+}
+
 pub struct Experiments<'a> {
     pub done: Done,
     pub root: &'a Path,
@@ -53,38 +164,30 @@ pub struct Experiments<'a> {
 }
 
 impl Experiments<'_> {
-    fn run_row(
-        &self,
-        config: &Path,
-        out: &Path,
-        seed: u64,
-        start: Option<&Path>,
-    ) -> Result<RunResult> {
+    fn run_row(&self, run: &Run, out: &Path) -> Result<RunResult> {
+        let config = run.config;
         let text = std::fs::read_to_string(config)
             .with_context(|| format!("reading {}", config.display()))?;
-        // Top-level keys come before the first table, so prepending overrides is valid TOML
-        // once the originals are dropped.
-        let model = start.unwrap_or(self.model);
-        let mut body: Vec<&str> = Vec::new();
-        for line in text.lines() {
-            let key = line.split('=').next().unwrap_or("").trim();
-            if matches!(key, "model" | "output" | "seed") && !line.trim_start().starts_with('#') {
-                continue;
-            }
-            body.push(line);
+        let mut table: toml::Table = text
+            .parse()
+            .with_context(|| format!("parsing {}", config.display()))?;
+        let model = run.start.as_deref().unwrap_or(self.model);
+        for (key, value) in [
+            ("model", toml::Value::from(model.display().to_string())),
+            ("output", out.display().to_string().into()),
+            ("seed", (run.seed as i64).into()),
+        ] {
+            table.insert(key.into(), value);
         }
-        let effective = format!(
-            "model = {:?}\noutput = {:?}\nseed = {seed}\n{}\n",
-            model.display().to_string(),
-            out.display().to_string(),
-            body.join("\n")
-        );
-        let effective =
-            effective.replace("../shared/datasets", &self.datasets.display().to_string());
+        if let Some((key, value)) = run.setting {
+            set_key(&mut table, key, value.clone())?;
+        }
+        let effective = toml::to_string(&table)?
+            .replace("../shared/datasets", &self.datasets.display().to_string());
         std::fs::create_dir_all(out.parent().expect("runs live in a folder"))?;
         let key: String = effective
             .lines()
-            .filter(|l| !l.starts_with("output = ") && !l.starts_with('#') && !l.trim().is_empty())
+            .filter(|l| !l.starts_with("output = ") && !l.trim().is_empty())
             .collect::<Vec<_>>()
             .join("\n");
         // A finished run of the same config and backend (an earlier, interrupted invocation) is
@@ -99,6 +202,7 @@ impl Experiments<'_> {
             eprintln!("   finished earlier: {}", saved.display());
             let result = RunResult {
                 metrics: serde_json::from_value(v["metrics"].clone())?,
+                dev_score: v["dev_score"].as_f64().unwrap_or(f64::NAN),
                 trainable: v["trainable"].as_u64().unwrap_or(0),
                 step_ms: v["step_ms"].as_f64().unwrap_or(f64::NAN),
                 steps: v["steps"].as_u64().unwrap_or(0),
@@ -125,6 +229,7 @@ impl Experiments<'_> {
                 "key": key,
                 "st_sha256": self.st_sha256,
                 "metrics": result.metrics,
+                "dev_score": result.dev_score,
                 "trainable": result.trainable,
                 "step_ms": result.step_ms,
                 "steps": result.steps,
@@ -147,54 +252,41 @@ impl Experiments<'_> {
     /// Runs every row of one table for every seed and writes its Markdown table.
     pub fn run_table(&self, table: &str) -> Result<()> {
         let dir = self.root.join("docs/experiments").join(table);
-        let mut rows: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .with_context(|| format!("no experiment table {}", dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-            .collect();
-        // By the number a config's name starts with, so row 10 follows row 9.
-        rows.sort_by_cached_key(|p| {
-            let name = p
-                .file_stem()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned();
-            let digits: String = name.chars().take_while(char::is_ascii_digit).collect();
-            (digits.parse::<u64>().unwrap_or(u64::MAX), name)
-        });
         let work = self.root.join("target/experiments").join(table);
-        // row name → per-seed results
-        let mut results: Vec<(String, String, Vec<RunResult>)> = Vec::new();
-        for row in &rows {
+        let mut results: Vec<RowResults> = Vec::new();
+        // Row name → the folder suffix of its chosen setting, for rows that start from it.
+        let mut chosen: BTreeMap<String, String> = BTreeMap::new();
+        for row in rows_of(&dir)? {
             let name = row.file_stem().unwrap().to_string_lossy().into_owned();
-            let text = std::fs::read_to_string(row)?;
+            let text = std::fs::read_to_string(&row)?;
             let first = text.lines().next().unwrap_or("");
             let stage = first.trim() == "# stage";
             let start_from = first
                 .strip_prefix("# start_from = ")
                 .map(|s| s.trim().trim_matches('"').to_string());
+            let start = |seed: u64| {
+                start_from.as_ref().map(|s| {
+                    let suffix = chosen.get(s).map_or("", String::as_str);
+                    work.join(format!("{s}-s{seed}{suffix}"))
+                })
+            };
+            let sweep = Sweep::parse(&text, &row)?;
             let label = text
                 .lines()
                 .find_map(|l| l.strip_prefix("# row: "))
                 .unwrap_or(&name)
                 .to_string();
-            let mut per_seed = Vec::new();
-            for &seed in &self.seeds {
-                let out = work.join(format!("{name}-s{seed}"));
-                let start = start_from
-                    .as_ref()
-                    .map(|s| work.join(format!("{s}-s{seed}")));
-                eprintln!("== {table}/{name} seed {seed}");
-                let r = self.run_row(row, &out, seed, start.as_deref())?;
-                eprintln!(
-                    "   {:?}, {} trainable, {:.0} ms/step",
-                    r.metrics, r.trainable, r.step_ms
-                );
-                per_seed.push(r);
-            }
+            let results_of_row = self.run_seeds(table, &row, sweep.as_ref(), &start, &work)?;
+            let suffix = results_of_row.suffix();
+            chosen.insert(name.clone(), suffix.clone());
             if !stage {
-                self.plot_first_seed(table, &name, &work)?;
-                results.push((name, label, per_seed));
+                let first_run = work.join(format!("{name}-s{}{suffix}", self.seeds[0]));
+                self.plot(table, &name, &first_run)?;
+                results.push(RowResults {
+                    name,
+                    label,
+                    ..results_of_row
+                });
             }
         }
         let md = self.markdown(table, &results);
@@ -205,6 +297,70 @@ impl Experiments<'_> {
         std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
         println!("{md}");
         Ok(())
+    }
+
+    /// Every seed of one row; with a sweep, first every value on the first seed, then the
+    /// best of them on the others.
+    fn run_seeds(
+        &self,
+        table: &str,
+        row: &Path,
+        sweep: Option<&Sweep>,
+        start: &dyn Fn(u64) -> Option<PathBuf>,
+        work: &Path,
+    ) -> Result<RowResults> {
+        let name = row.file_stem().unwrap().to_string_lossy().into_owned();
+        let run = |seed: u64, value: Option<usize>| -> Result<RunResult> {
+            let setting = sweep
+                .zip(value)
+                .map(|(s, i)| (s.key.as_str(), &s.values[i]));
+            let suffix = value.map_or(String::new(), |i| format!("-v{i}"));
+            let out = work.join(format!("{name}-s{seed}{suffix}"));
+            let shown = sweep.zip(value).map(|(s, i)| s.describe(&s.values[i]));
+            eprintln!(
+                "== {table}/{name} seed {seed}{}",
+                shown.map_or(String::new(), |s| format!(", {s}"))
+            );
+            let run = Run {
+                config: row,
+                seed,
+                setting,
+                start: start(seed),
+            };
+            let r = self.run_row(&run, &out)?;
+            eprintln!(
+                "   {:?}, dev score {:.2}, {} trainable, {:.0} ms/step",
+                r.metrics, r.dev_score, r.trainable, r.step_ms
+            );
+            Ok(r)
+        };
+        let first = self.seeds[0];
+        let mut tried = Vec::new();
+        if let Some(sweep) = sweep {
+            for i in 0..sweep.values.len() {
+                tried.push((sweep.describe(&sweep.values[i]), run(first, Some(i))?));
+            }
+        }
+        // The highest dev score, the earlier value on a tie; NaN (no evaluation) never wins.
+        let score = |i: usize| {
+            let s: f64 = tried[i].1.dev_score;
+            if s.is_nan() { f64::NEG_INFINITY } else { s }
+        };
+        let pick = (0..tried.len()).max_by(|&a, &b| score(a).total_cmp(&score(b)).then(b.cmp(&a)));
+        let mut runs = Vec::new();
+        for &seed in &self.seeds {
+            match pick {
+                Some(i) if seed == first => runs.push(tried[i].1.clone()),
+                _ => runs.push(run(seed, pick)?),
+            }
+        }
+        Ok(RowResults {
+            name,
+            label: String::new(),
+            tried: tried.into_iter().map(|(s, r)| (s, r.dev_score)).collect(),
+            pick,
+            runs,
+        })
     }
 
     /// Runs `st train --json` on the effective config and reads its summary and log.
@@ -222,7 +378,11 @@ impl Experiments<'_> {
         let stdout = String::from_utf8_lossy(&output.stdout);
         let summary: st_runlog::TrainSummary = crate::last_json_line(&stdout, "st train --json")?;
         let mut metrics = BTreeMap::new();
-        for (task, m) in &summary.metrics {
+        let shown = match summary.test.is_empty() {
+            true => &summary.metrics,
+            false => &summary.test,
+        };
+        for (task, m) in shown {
             // Each task's main metric, and a similarity task's Spearman on truncated embeddings.
             let shown = m.iter().filter(|(key, _)| {
                 st_runlog::MAIN_METRICS.contains(&key.as_str()) || key.starts_with("spearman_at_")
@@ -236,24 +396,25 @@ impl Experiments<'_> {
         let step_ms = st_runlog::median_step_ms(&log).unwrap_or(f64::NAN);
         Ok(RunResult {
             metrics,
+            dev_score: st_runlog::mean_main_metric(&summary.metrics)
+                .map_or(f64::NAN, |v| v * 100.0),
             trainable,
             step_ms,
             steps,
         })
     }
 
-    /// Curves of the first seed's run of a row, for the docs to embed.
-    fn plot_first_seed(&self, table: &str, name: &str, work: &Path) -> Result<()> {
+    /// Curves of a row's first-seed `run`, for the docs to embed.
+    fn plot(&self, table: &str, name: &str, run: &Path) -> Result<()> {
         let plots = self.root.join("docs/experiments/plots");
         std::fs::create_dir_all(&plots)?;
-        let run = work.join(format!("{name}-s{}", self.seeds[0]));
         let svg = plots.join(format!("{table}-{name}.svg"));
         if !run.join(st_runlog::METRICS_LOG).is_file() {
             return Ok(());
         }
         let status = Command::new(self.st)
             .arg("plot")
-            .arg(&run)
+            .arg(run)
             .arg("--output")
             .arg(&svg)
             .status()?;
@@ -263,14 +424,16 @@ impl Experiments<'_> {
         Ok(())
     }
 
-    /// The table's Markdown: a row per config, a column per metric (mean ± std over seeds).
-    fn markdown(&self, table: &str, results: &[(String, String, Vec<RunResult>)]) -> String {
+    /// The table's Markdown: a row per config, a column per metric (mean ± std over seeds),
+    /// then what each sweep tried.
+    fn markdown(&self, table: &str, results: &[RowResults]) -> String {
         let mut columns: Vec<String> = results
             .iter()
-            .flat_map(|(_, _, r)| r.iter().flat_map(|x| x.metrics.keys().cloned()))
+            .flat_map(|r| r.runs.iter().flat_map(|x| x.metrics.keys().cloned()))
             .collect();
         columns.sort();
         columns.dedup();
+        let swept = results.iter().any(|r| r.pick.is_some());
         let seeds: Vec<String> = self.seeds.iter().map(u64::to_string).collect();
         let mut md = format!(
             "<!-- written by `cargo xtask experiments {table} --seeds {}` ({} backend); do not edit -->\n\n| row |",
@@ -280,43 +443,84 @@ impl Experiments<'_> {
         for c in &columns {
             md.push_str(&format!(" {c} |"));
         }
+        if swept {
+            md.push_str(" setting (swept) |");
+        }
         md.push_str(" trainable params | steps | ms/step | config | curves |\n|---|");
-        md.push_str(&"---|".repeat(columns.len() + 5));
+        md.push_str(&"---|".repeat(columns.len() + 5 + usize::from(swept)));
         md.push('\n');
-        for (name, label, runs) in results {
-            // A `|` in the label would end the cell.
-            md.push_str(&format!("| {} |", label.replace('|', "\\|")));
-            for c in &columns {
-                let v: Vec<f64> = runs
-                    .iter()
-                    .filter_map(|r| r.metrics.get(c).copied())
-                    .collect();
-                if v.is_empty() {
-                    md.push_str(" – |");
-                } else if v.len() == 1 {
-                    md.push_str(&format!(" {:.2} |", v[0]));
-                } else {
-                    let (m, s) = mean_std(&v);
-                    md.push_str(&format!(" {m:.2} ± {s:.2} |"));
-                }
-            }
-            let r = &runs[0];
-            // The fastest seed's median step: other jobs on the machine only add time.
-            let ms = runs
-                .iter()
-                .map(|r| r.step_ms)
-                .filter(|v| v.is_finite())
-                .fold(f64::INFINITY, f64::min);
-            let ms = if ms.is_finite() {
-                format!("{ms:.0}")
-            } else {
-                "–".to_string() // no training step (everything frozen)
-            };
+        for row in results {
+            md.push_str(&markdown_row(table, row, &columns, swept));
+        }
+        if swept {
             md.push_str(&format!(
-                " {} | {} | {ms} | [{name}.toml]({table}/{name}.toml) | [svg](plots/{table}-{name}.svg) |\n",
-                r.trainable, r.steps,
+                "\nSweeps: each value on seed {}, scored by the best evaluation on the row's \
+                 `[[eval]]` (dev) data (mean of each task's main metric); the highest ran on \
+                 every seed.\n\n| row | tried: dev score |\n|---|---|\n",
+                self.seeds[0]
             ));
+            for row in results.iter().filter(|r| r.pick.is_some()) {
+                let tried: Vec<String> = row
+                    .tried
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (setting, score))| {
+                        let mark = if Some(i) == row.pick { "**" } else { "" };
+                        format!("{mark}{setting}: {score:.2}{mark}")
+                    })
+                    .collect();
+                md.push_str(&format!("| {} | {} |\n", row.name, tried.join("; ")));
+            }
         }
         md
     }
+}
+
+/// One line of a table: the row's label, each metric's mean ± std over seeds, the rest.
+fn markdown_row(table: &str, row: &RowResults, columns: &[String], swept: bool) -> String {
+    let runs = &row.runs;
+    // A `|` in the label would end the cell.
+    let mut md = format!("| {} |", row.label.replace('|', "\\|"));
+    for c in columns {
+        let v: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| r.metrics.get(c).copied())
+            .collect();
+        match v.len() {
+            0 => md.push_str(" – |"),
+            1 => md.push_str(&format!(" {:.2} |", v[0])),
+            _ => {
+                let (m, s) = mean_std(&v);
+                md.push_str(&format!(" {m:.2} ± {s:.2} |"));
+            }
+        }
+    }
+    if swept {
+        let setting = row.pick.map_or("–", |i| row.tried[i].0.as_str());
+        md.push_str(&format!(" {setting} |"));
+    }
+    // The fastest seed's median step: other jobs on the machine only add time.
+    let ms = runs
+        .iter()
+        .map(|r| r.step_ms)
+        .filter(|v| v.is_finite())
+        .fold(f64::INFINITY, f64::min);
+    let ms = if ms.is_finite() {
+        format!("{ms:.0}")
+    } else {
+        "–".to_string() // no training step (everything frozen)
+    };
+    // Early stopping ends seeds at different steps.
+    let fewest = runs.iter().map(|r| r.steps).min().unwrap_or(0);
+    let most = runs.iter().map(|r| r.steps).max().unwrap_or(0);
+    let steps = match fewest == most {
+        true => most.to_string(),
+        false => format!("{fewest}–{most}"),
+    };
+    let name = &row.name;
+    md.push_str(&format!(
+        " {} | {steps} | {ms} | [{name}.toml]({table}/{name}.toml) | [svg](plots/{table}-{name}.svg) |\n",
+        runs[0].trainable,
+    ));
+    md
 }

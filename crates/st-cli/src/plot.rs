@@ -46,6 +46,8 @@ fn read(path: &Path) -> Result<Curves> {
                     }
                 }
             }
+            // One point after training, on other data: not a curve.
+            LogRecord::Test(_) => {}
         }
     }
     if c.loss.is_empty() && c.metric.is_empty() {

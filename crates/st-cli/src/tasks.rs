@@ -20,7 +20,7 @@ pub const EXAMPLE_CONFIG: &str = include_str!("example-train.toml");
 pub struct TrainArgs {
     /// A TOML file with every training setting (see --print-config). Other flags then only
     /// override `output`.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["train", "eval"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["train", "eval", "test"])]
     config: Option<PathBuf>,
     /// Print a complete, commented example config and exit.
     #[arg(long)]
@@ -35,9 +35,13 @@ pub struct TrainArgs {
     /// STS-B sts-*.csv, SICK_*.txt, MSRP msr-para-*.tsv.
     #[arg(long, value_name = "FILE")]
     train: Vec<PathBuf>,
-    /// Evaluation data, same formats (evaluated after every epoch).
+    /// Evaluation data, same formats (evaluated after every epoch; picks the best model).
     #[arg(long, value_name = "FILE")]
     eval: Vec<PathBuf>,
+    /// Test data, same formats: the best model is scored on it once, after training, so no
+    /// choice is made on it (report these numbers; --eval's are picked as the best).
+    #[arg(long, value_name = "FILE")]
+    test: Vec<PathBuf>,
     /// Folder for the best model, metrics.jsonl and the run's config.
     #[arg(long, short, value_name = "DIR")]
     output: Option<PathBuf>,
@@ -82,7 +86,7 @@ pub struct TrainArgs {
     #[arg(long)]
     overwrite: bool,
     /// Print the run's summary as JSON on stdout (steps, trainable parameters, the best
-    /// evaluation's metrics, median step time: `st_runlog::TrainSummary`).
+    /// evaluation's metrics, the test metrics, median step time: `st_runlog::TrainSummary`).
     #[arg(long)]
     json: bool,
 }
@@ -152,6 +156,7 @@ fn config_from(args: &TrainArgs) -> Result<TrainConfig> {
         output,
     );
     config.eval = args.eval.iter().map(DataSpec::new).collect();
+    config.test = args.test.iter().map(DataSpec::new).collect();
     config.epochs = args.epochs;
     config.max_steps = args.max_steps;
     config.lr = LayerwiseLrDecay {
@@ -237,6 +242,9 @@ pub fn train<B: AutodiffEncoderBackend>(args: TrainArgs, device: &B::Device) -> 
                 )
             });
         }
+        Event::Test(metrics) => {
+            bar.suspend(|| eprintln!("test (best model):\n{}", table(metrics)));
+        }
     })?;
     bar.finish_and_clear();
     if summary.steps == 0 {
@@ -256,6 +264,9 @@ pub fn train<B: AutodiffEncoderBackend>(args: TrainArgs, device: &B::Device) -> 
         println!("{}", serde_json::to_string(&summary)?);
     } else {
         print!("{}", table(&summary.metrics));
+        if !summary.test.is_empty() {
+            print!("test (best model):\n{}", table(&summary.test));
+        }
     }
     Ok(())
 }
@@ -417,6 +428,11 @@ mod tests {
     fn the_printed_example_config_parses() {
         let config: TrainConfig = toml::from_str(EXAMPLE_CONFIG).unwrap();
         assert_eq!(config.train.len(), 2);
+        assert_eq!(
+            (config.eval[0].skip, config.train[0].limit),
+            (4500, Some(4500))
+        );
+        assert_eq!(config.test.len(), 2);
         assert_eq!(config.lr.decay, 0.9);
         assert_eq!(config.sampling, Sampling::Temperature { t: 2.0 });
         assert_eq!(config.tasks["sentiment"].hidden, Some(256));

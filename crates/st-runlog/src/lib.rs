@@ -36,6 +36,16 @@ pub fn main_metric(task: &BTreeMap<String, f64>) -> Option<(&'static str, f64)> 
         .find_map(|&name| task.get(name).map(|&v| (name, v)))
 }
 
+/// The mean of every task's main metric: how a run's evaluations are compared when no one
+/// metric is named (`None` without any).
+pub fn mean_main_metric(metrics: &Metrics) -> Option<f64> {
+    let main: Vec<f64> = metrics
+        .values()
+        .filter_map(|m| main_metric(m).map(|(_, v)| v))
+        .collect();
+    (!main.is_empty()).then(|| main.iter().sum::<f64>() / main.len() as f64)
+}
+
 /// One optimizer step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepRecord {
@@ -73,9 +83,17 @@ pub struct EvalRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum LogRecord {
-    // Tried first: only evaluations carry `eval`.
+    // Tried first: only evaluations carry `eval`, only the test record `test`.
     Eval(EvalRecord),
+    Test(TestRecord),
     Step(StepRecord),
+}
+
+/// The best model's metrics on the run's test data: the log's last line, written once after
+/// training (nothing was picked on these numbers).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestRecord {
+    pub test: Metrics,
 }
 
 /// What `st train --json` prints on its last line when the run ends.
@@ -85,6 +103,9 @@ pub struct TrainSummary {
     pub steps: usize,
     /// Metrics of the best evaluation (or of the frozen baseline).
     pub metrics: Metrics,
+    /// The best model's metrics on the test data (empty without any).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub test: Metrics,
     /// Parameters that train in at least one step.
     pub trainable_params: usize,
     /// Median wall-clock time of a step, milliseconds (`None` when no step ran).
@@ -131,7 +152,7 @@ pub fn median_step_ms(records: &[LogRecord]) -> Option<f64> {
         .iter()
         .filter_map(|r| match r {
             LogRecord::Step(s) => Some(s.step_ms),
-            LogRecord::Eval(_) => None,
+            LogRecord::Eval(_) | LogRecord::Test(_) => None,
         })
         .collect();
     if ms.is_empty() {
@@ -162,7 +183,10 @@ mod tests {
             best: true,
             frozen: false,
         });
-        for record in [step, eval] {
+        let test = LogRecord::Test(TestRecord {
+            test: Metrics::from([("topic".into(), BTreeMap::from([("accuracy".into(), 0.75)]))]),
+        });
+        for record in [step, eval, test] {
             let line = serde_json::to_string(&record).unwrap();
             assert!(!line.contains("frozen"), "{line}");
             assert_eq!(serde_json::from_str::<LogRecord>(&line).unwrap(), record);

@@ -21,9 +21,14 @@ pub struct TrainConfig {
     pub model: String,
     /// Training data; each entry is one source for task sampling.
     pub train: Vec<DataSpec>,
-    /// Evaluation data (every task in it must exist in training).
+    /// Evaluation data (every task in it must exist in training): scored after every epoch,
+    /// it picks the best model (and early stopping).
     #[serde(default)]
     pub eval: Vec<DataSpec>,
+    /// Test data: the best model is scored on it once, after training, so nothing is chosen
+    /// on these numbers (`TrainSummary::test`, the last line of metrics.jsonl).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub test: Vec<DataSpec>,
     /// Where the best model, metrics.jsonl and the run's config go.
     pub output: PathBuf,
     #[serde(default)]
@@ -113,6 +118,7 @@ impl TrainConfig {
             model: model.into(),
             train,
             eval: Vec::new(),
+            test: Vec::new(),
             output: output.into(),
             tasks: BTreeMap::new(),
             epochs: d_epochs(),

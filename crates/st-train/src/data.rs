@@ -140,7 +140,11 @@ pub struct DataSpec {
     /// Renames tasks of the format (`{"sentiment" = "task_b"}`).
     #[serde(default)]
     pub rename: BTreeMap<String, String>,
-    /// Read at most this many examples (the first ones), e.g. for quick runs.
+    /// Leave out this many examples first (before `limit`): the rows of a training file after
+    /// the ones a run trains on make a held-out dev set.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skip: usize,
+    /// Read at most this many examples (the first ones after `skip`), e.g. for quick runs.
     #[serde(default)]
     pub limit: Option<usize>,
     /// Keep only these tasks' labels (after `rename`), e.g. SICK's `relatedness` without its
@@ -155,10 +159,15 @@ impl DataSpec {
             path: path.into(),
             format: None,
             rename: BTreeMap::new(),
+            skip: 0,
             limit: None,
             tasks: Vec::new(),
         }
     }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 fn err(path: &Path, line: usize, message: impl Into<String>) -> TrainError {
@@ -207,6 +216,18 @@ pub fn load(spec: &DataSpec) -> Result<Vec<Example>, TrainError> {
         Format::Sick => read_sick(path)?,
         Format::Msrp => read_msrp(path)?,
     };
+    if spec.skip > 0 && spec.skip >= examples.len() {
+        return Err(err(
+            path,
+            0,
+            format!(
+                "`skip = {}` leaves no examples: the file has {}",
+                spec.skip,
+                examples.len()
+            ),
+        ));
+    }
+    examples.drain(..spec.skip);
     if let Some(n) = spec.limit {
         examples.truncate(n);
     }
@@ -1175,5 +1196,29 @@ mod tests {
         let ex = load(&spec).unwrap();
         assert_eq!(ex.len(), 1);
         assert!(ex[0].labels.contains_key("task_a"));
+    }
+
+    #[test]
+    fn skip_holds_out_the_first_rows_before_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "x.label",
+            b"NUM:dist a ?\nHUM:ind b ?\nLOC:city c ?\nDESC:def d ?\n",
+        );
+        let spec = DataSpec {
+            skip: 1,
+            limit: Some(2),
+            ..DataSpec::new(&p)
+        };
+        let texts: Vec<String> = load(&spec).unwrap().into_iter().map(|e| e.text).collect();
+        assert_eq!(texts, ["b ?", "c ?"]);
+        let e = load(&DataSpec {
+            skip: 4,
+            ..DataSpec::new(&p)
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("x.label") && e.contains("skip = 4"), "{e}");
     }
 }

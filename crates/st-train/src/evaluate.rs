@@ -89,11 +89,7 @@ pub fn score(metrics: &Metrics, key: Option<&str>) -> Option<f64> {
         let (task, metric) = key.split_once('.')?;
         return metrics.get(task)?.get(metric).copied();
     }
-    let main: Vec<f64> = metrics
-        .values()
-        .filter_map(|m| st_runlog::main_metric(m).map(|(_, v)| v))
-        .collect();
-    (!main.is_empty()).then(|| main.iter().sum::<f64>() / main.len() as f64)
+    st_runlog::mean_main_metric(metrics)
 }
 
 /// Reads evaluation data whose every task must be one of `tasks` (an unknown task is an error

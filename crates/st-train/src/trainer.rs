@@ -14,7 +14,7 @@ use burn::tensor::{ElementConversion, Tensor};
 use st_backbone::{AutodiffEncoderBackend, EncoderBackend};
 use st_heads::{HeadSpec, MultiTaskModel};
 use st_pooling::SentenceEncoder;
-use st_runlog::{EvalRecord, LogRecord, Metrics, StepRecord, TrainSummary};
+use st_runlog::{EvalRecord, LogRecord, Metrics, StepRecord, TestRecord, TrainSummary};
 
 use crate::TrainError;
 use crate::batch::{Batch, Row, Source, head_specs, prepare};
@@ -22,7 +22,7 @@ use crate::checkpoint::{
     Checkpoint, OutputFolder, RESUME_DIR, RESUME_STATE, RunLog, kept_note, open_output,
 };
 use crate::config::TrainConfig;
-use crate::data::{Example, load};
+use crate::data::{DataSpec, Example, load};
 use crate::evaluate::{evaluate, load_labelled, score};
 use crate::grads::{add_grad, grad_sq_norm, move_grad, scale_grad};
 use crate::groups::{ParamEntry, ParamGroup, build_groups, group_table, params};
@@ -50,6 +50,8 @@ pub enum Event {
         metrics: Metrics,
         best: bool,
     },
+    /// The best model's metrics on the test data, after training.
+    Test(Metrics),
 }
 
 /// Trains as `config` says, starting from the encoder in `model_dir`. Writes the best model
@@ -100,6 +102,8 @@ pub struct Trainer<'a, B: AutodiffEncoderBackend> {
     kinds: Vec<Box<dyn TaskKind<B>>>,
     sources: Vec<Source>,
     eval: EvalSet,
+    /// Held-out data the best model is scored on once, after training.
+    test: EvalSet,
     groups: Vec<ParamGroup>,
     layers: usize,
     opts: Optimizers<B>,
@@ -146,8 +150,12 @@ impl<'a, B: AutodiffEncoderBackend> Trainer<'a, B> {
             .map(|set| Ok(Source::new(prepare(&model.encoder, &specs, &kinds, set)?)))
             .collect::<Result<Vec<_>, TrainError>>()?;
         let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
-        let examples = load_labelled(&config.eval, &names)?;
-        let rows = prepare(&model.encoder, &specs, &kinds, &examples)?;
+        let eval_set = |data: &[DataSpec]| -> Result<EvalSet, TrainError> {
+            let examples = load_labelled(data, &names)?;
+            let rows = prepare(&model.encoder, &specs, &kinds, &examples)?;
+            Ok(EvalSet { examples, rows })
+        };
+        let (eval, test) = (eval_set(&config.eval)?, eval_set(&config.test)?);
         let layers = model.encoder.bert.num_layers();
         let groups = build_groups(&params(&model), layers, &names, &config.lr);
         on_event(&Event::Groups(group_table(&groups, |g| {
@@ -183,7 +191,8 @@ impl<'a, B: AutodiffEncoderBackend> Trainer<'a, B> {
             specs,
             kinds,
             sources,
-            eval: EvalSet { examples, rows },
+            eval,
+            test,
             groups,
             layers,
             opts: Optimizers {
@@ -274,14 +283,40 @@ impl<'a, B: AutodiffEncoderBackend> Trainer<'a, B> {
                 break;
             }
         }
+        // The best model is the one on disk (it may predate a resume): score that one.
+        let test = match self.test.rows.is_empty() {
+            true => Metrics::new(),
+            false => self.score_on(
+                &load_trained::<B::InnerBackend>(&self.config.output, &self.device)?,
+                &self.test,
+            ),
+        };
+        self.report_test(&test, on_event)?;
         let mut ms = std::mem::take(&mut self.progress.step_ms);
         ms.sort_by(f64::total_cmp);
         Ok(TrainSummary {
             steps: self.progress.steps_done,
             metrics: self.progress.best.map(|(_, m)| m).unwrap_or_default(),
+            test,
             trainable_params: self.trainable_params,
             median_step_ms: ms.get(ms.len() / 2).copied(),
         })
+    }
+
+    /// Logs and announces the test metrics (nothing without test data).
+    fn report_test(
+        &mut self,
+        metrics: &Metrics,
+        on_event: &mut dyn FnMut(&Event),
+    ) -> Result<(), TrainError> {
+        if metrics.is_empty() {
+            return Ok(());
+        }
+        self.log.write(&LogRecord::Test(TestRecord {
+            test: metrics.clone(),
+        }))?;
+        on_event(&Event::Test(metrics.clone()));
+        Ok(())
     }
 
     /// Nothing trains: the frozen model's metrics, as a baseline.
@@ -303,25 +338,32 @@ impl<'a, B: AutodiffEncoderBackend> Trainer<'a, B> {
             metrics: metrics.clone(),
             best: true,
         });
+        let test = self.score_on(&model.valid(), &self.test);
+        self.report_test(&test, on_event)?;
         Ok(TrainSummary {
             steps: 0,
             metrics,
+            test,
             trainable_params: 0,
             median_step_ms: None,
         })
     }
 
     fn evaluate(&self, model: &MultiTaskModel<B>) -> Metrics {
-        if self.eval.rows.is_empty() {
+        self.score_on(&model.valid(), &self.eval)
+    }
+
+    /// Every head's metrics on `set` (none for an empty set).
+    fn score_on(&self, model: &MultiTaskModel<B::InnerBackend>, set: &EvalSet) -> Metrics {
+        if set.rows.is_empty() {
             return Metrics::new();
         }
-        let valid = model.valid();
         let kinds: Vec<_> = self
             .specs
             .iter()
             .map(|s| task_kind::<B::InnerBackend>(s, &Default::default()))
             .collect();
-        evaluate(&valid, &kinds, &self.eval.rows, &self.eval.examples, 64)
+        evaluate(model, &kinds, &set.rows, &set.examples, 64)
     }
 
     /// One optimizer step: gradients of every batch the step draws, clipped, applied per group.

@@ -307,6 +307,14 @@ fn bad_configs_and_data_are_named() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("eval.jsonl:2") && e.contains("weather"), "{e}");
+    // Test data is checked as eval data is, before any step (no log is written).
+    let mut c = config(&model, &out);
+    c.test = vec![DataSpec::new(&bad)];
+    let e = train::<B>(&c, &model, &Default::default(), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("eval.jsonl:2") && e.contains("weather"), "{e}");
+    assert!(!out.join("metrics.jsonl").exists());
 
     let one = dir.path().join("one.jsonl");
     std::fs::write(&one, "{\"text\": \"x\", \"labels\": {\"t\": \"a\"}}\n{\"text\": \"y\", \"labels\": {\"t\": \"a\"}}\n").unwrap();
@@ -723,10 +731,28 @@ fn the_best_evaluation_is_the_saved_model_and_patience_stops_the_run() {
     c.lr = LayerwiseLrDecay::flat(3e-3);
     c.best_metric = Some("topic.accuracy".into());
     c.patience = Some(2);
-    let summary = train::<B>(&c, &model, &Default::default(), &mut |_| {}).unwrap();
-    let evals: Vec<serde_json::Value> = log_without_timings(&out.join("metrics.jsonl"))
-        .into_iter()
+    // The first 28 held-out examples pick the best model; the rest are its test.
+    let held_out = DataSpec::new(dataset("test.jsonl"));
+    c.eval = vec![DataSpec {
+        limit: Some(28),
+        ..held_out.clone()
+    }];
+    c.test = vec![DataSpec {
+        skip: 28,
+        ..held_out
+    }];
+    let mut tested = Vec::new();
+    let summary = train::<B>(&c, &model, &Default::default(), &mut |e| {
+        if let Event::Test(m) = e {
+            tested.push(m.clone());
+        }
+    })
+    .unwrap();
+    let log = log_without_timings(&out.join("metrics.jsonl"));
+    let evals: Vec<serde_json::Value> = log
+        .iter()
         .filter(|v| v.get("eval").is_some())
+        .cloned()
         .collect();
     let topic = |v: &serde_json::Value| v["eval"]["topic"]["accuracy"].as_f64().unwrap();
     // `best` marks each strict improvement of topic accuracy over every earlier evaluation.
@@ -757,6 +783,23 @@ fn the_best_evaluation_is_the_saved_model_and_patience_stops_the_run() {
     let saved = load_trained::<Flex>(&out, &Default::default()).unwrap();
     let again = st_train::evaluate_on(&saved, &c.eval, 64).unwrap();
     assert_eq!(again["topic"]["accuracy"], topic(best));
+    // The test data is scored once, on that saved model, and is the log's last line.
+    let test = st_train::evaluate_on(&saved, &c.test, 64).unwrap();
+    assert_eq!(summary.test, test);
+    assert_eq!(tested, std::slice::from_ref(&test));
+    assert_eq!(
+        summary.test["topic"]["n"] + summary.metrics["topic"]["n"],
+        st_train::data::load(&DataSpec::new(dataset("test.jsonl")))
+            .unwrap()
+            .iter()
+            .filter(|e| e.labels.contains_key("topic"))
+            .count() as f64
+    );
+    let last: st_runlog::LogRecord = serde_json::from_value(log.last().unwrap().clone()).unwrap();
+    assert_eq!(
+        last,
+        st_runlog::LogRecord::Test(st_runlog::TestRecord { test })
+    );
 }
 
 #[test]

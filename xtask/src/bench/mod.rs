@@ -617,7 +617,7 @@ impl Bench<'_> {
                 .into_iter()
                 .filter_map(|r| match r {
                     st_runlog::LogRecord::Step(s) => Some(s.step_ms),
-                    st_runlog::LogRecord::Eval(_) => None,
+                    st_runlog::LogRecord::Eval(_) | st_runlog::LogRecord::Test(_) => None,
                 })
                 .skip(steps.min(5))
                 .collect();
