@@ -350,6 +350,10 @@ impl<'a, B: AutodiffEncoderBackend> Trainer<'a, B> {
     }
 
     fn evaluate(&self, model: &MultiTaskModel<B>) -> Metrics {
+        // Without eval data there is nothing to score: skip copying the model off autodiff.
+        if self.eval.rows.is_empty() {
+            return Metrics::new();
+        }
         self.score_on(&model.valid(), &self.eval)
     }
 
