@@ -7,12 +7,16 @@
 //! work around them (bias, GELU, residual, LayerNorm, attention) happens in place on the
 //! product's output.
 
-use burn::tensor::{Bool, DType, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::ops::{ActivationOps, BoolTensor, FloatTensorOps};
+use burn::tensor::{
+    Bool, DType, Distribution, FloatDType, Shape, Tensor, TensorData, TensorMetadata,
+    TensorPrimitive,
+};
 use burn_flex::{Flex, FlexTensor};
 use st_kernels::{AttentionShape, LayerNormParams, Qkv};
 
 use crate::config::HiddenAct;
-use crate::fused::EncoderBackend;
+use crate::fused::{AttentionSaved, EncoderBackend, LayerNormSaved};
 use crate::model::{BertIntermediate, BertSelfAttention, BertSelfOutput, Int8Linear};
 
 impl EncoderBackend for Flex {
@@ -148,6 +152,196 @@ impl EncoderBackend for Flex {
         let bias = bias.unwrap_or_else(zeros);
         st_kernels::bias_gelu(f32_mut(&mut y), f32_slice(&bias));
         from_flex(y, [batch, seq, d_out])
+    }
+
+    fn dropout_mask(
+        shape: Shape,
+        prob: f64,
+        dtype: DType,
+        device: &burn::tensor::Device<Flex>,
+    ) -> Option<FlexTensor> {
+        if dtype != DType::F32 {
+            return None;
+        }
+        Some(FlexTensor::from_data(TensorData::new(
+            mask_values(shape.num_elements(), prob, device),
+            shape,
+        )))
+    }
+
+    fn attention_train(
+        qkv: [FlexTensor; 3],
+        key_padding: BoolTensor<Flex>,
+        num_heads: usize,
+        prob: f64,
+    ) -> Option<(FlexTensor, AttentionSaved<Flex>)> {
+        if qkv.iter().any(|t| t.dtype() != DType::F32) {
+            return None;
+        }
+        let shape = qkv[0].shape();
+        let [batch, seq, hidden] = [shape[0], shape[1], shape[2]];
+        let shape = AttentionShape {
+            batch,
+            seq,
+            num_heads,
+            head_dim: hidden / num_heads,
+        };
+        let key_bias: Vec<f32> = Tensor::<Flex, 2, Bool>::from_primitive(key_padding)
+            .into_data()
+            .iter::<bool>()
+            .map(|pad| if pad { f32::NEG_INFINITY } else { 0.0 })
+            .collect();
+        let qkv = qkv.map(exact);
+        let scores = [batch, num_heads, seq, seq];
+        let mask = (prob > 0.0).then(|| {
+            let device = Default::default();
+            FlexTensor::from_data(TensorData::new(
+                mask_values(scores.iter().product(), prob, &device),
+                scores,
+            ))
+        });
+        let mut context = vec![0.0f32; batch * seq * hidden];
+        let mut probs = vec![0.0f32; scores.iter().product()];
+        st_kernels::attention_train(
+            qkv_slices(&qkv),
+            &key_bias,
+            mask.as_ref().map(f32_slice),
+            shape,
+            &mut context,
+            &mut probs,
+        );
+        let saved = AttentionSaved {
+            qkv,
+            probs: FlexTensor::from_data(TensorData::new(probs, scores)),
+            mask,
+        };
+        Some((
+            FlexTensor::from_data(TensorData::new(context, [batch, seq, hidden])),
+            saved,
+        ))
+    }
+
+    fn attention_backward(saved: AttentionSaved<Flex>, grad: FlexTensor) -> [FlexTensor; 3] {
+        let [batch, num_heads, seq, _] = saved.probs.shape().dims();
+        let hidden = saved.qkv[0].shape()[2];
+        let shape = AttentionShape {
+            batch,
+            seq,
+            num_heads,
+            head_dim: hidden / num_heads,
+        };
+        let mut d_qkv = [(); 3].map(|_| vec![0.0f32; batch * seq * hidden]);
+        let [d_q, d_k, d_v] = &mut d_qkv;
+        st_kernels::attention_backward(
+            qkv_slices(&saved.qkv),
+            f32_slice(&saved.probs),
+            saved.mask.as_ref().map(f32_slice),
+            shape,
+            f32_slice(&exact(grad)),
+            [d_q, d_k, d_v],
+        );
+        d_qkv.map(|d| FlexTensor::from_data(TensorData::new(d, [batch, seq, hidden])))
+    }
+
+    fn exact_gelu(x: FlexTensor) -> FlexTensor {
+        if x.dtype() != DType::F32 {
+            return Flex::gelu(x);
+        }
+        let shape = x.shape();
+        let x = exact(x);
+        let mut y = vec![0.0f32; shape.num_elements()];
+        st_kernels::gelu(f32_slice(&x), &mut y);
+        FlexTensor::from_data(TensorData::new(y, shape))
+    }
+
+    fn exact_gelu_backward(x: FlexTensor, mut grad: FlexTensor) -> FlexTensor {
+        if x.dtype() != DType::F32 || grad.dtype() != DType::F32 {
+            return Flex::gelu_backward(x, grad);
+        }
+        st_kernels::gelu_backward(f32_slice(&exact(x)), f32_mut(&mut grad));
+        grad
+    }
+
+    fn residual_layer_norm(
+        mut x: FlexTensor,
+        residual: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        eps: f64,
+    ) -> Option<(FlexTensor, LayerNormSaved<Flex>)> {
+        let all_f32 = [&x, &residual, &gamma, &beta]
+            .iter()
+            .all(|t| t.dtype() == DType::F32);
+        if !all_f32 {
+            return None;
+        }
+        let shape = x.shape();
+        let mut row_shape = shape.clone();
+        let last = row_shape.num_dims() - 1;
+        row_shape[last] = 1;
+        let [residual, gamma, beta] = [residual, gamma, beta].map(exact);
+        let mut normalized = vec![0.0f32; shape.num_elements()];
+        let mut inv_std = vec![0.0f32; row_shape.num_elements()];
+        st_kernels::residual_layer_norm_train(
+            f32_mut(&mut x),
+            f32_slice(&residual),
+            LayerNormParams {
+                gamma: f32_slice(&gamma),
+                beta: f32_slice(&beta),
+                eps: eps as f32,
+            },
+            &mut normalized,
+            &mut inv_std,
+        );
+        let saved = LayerNormSaved {
+            normalized: FlexTensor::from_data(TensorData::new(normalized, shape)),
+            inv_std: FlexTensor::from_data(TensorData::new(inv_std, row_shape)),
+        };
+        Some((x, saved))
+    }
+
+    fn residual_layer_norm_backward(
+        saved: LayerNormSaved<Flex>,
+        gamma: FlexTensor,
+        mut grad: FlexTensor,
+    ) -> [FlexTensor; 3] {
+        let width = gamma.shape().num_elements();
+        let mut d_gamma = vec![0.0f32; width];
+        let mut d_beta = vec![0.0f32; width];
+        st_kernels::layer_norm_backward(
+            f32_mut(&mut grad),
+            f32_slice(&exact(saved.normalized)),
+            f32_slice(&exact(saved.inv_std)),
+            f32_slice(&exact(gamma)),
+            &mut d_gamma,
+            &mut d_beta,
+        );
+        let vector = |v| FlexTensor::from_data(TensorData::new(v, [width]));
+        [grad, vector(d_gamma), vector(d_beta)]
+    }
+}
+
+/// `n` dropout mask values (0, or `1/(1 − prob)` with probability `1 − prob`). The seed comes
+/// from burn-flex's own RNG, so `Backend::seed` makes masks reproducible; st-kernels'
+/// counter-based hash draws the mask itself.
+fn mask_values(n: usize, prob: f64, device: &burn::tensor::Device<Flex>) -> Vec<f32> {
+    let draws = Flex::float_random([4].into(), Distribution::Default, device, FloatDType::F32);
+    let seed = f32_slice(&exact(draws)).iter().fold(0u64, |seed, v| {
+        (seed ^ u64::from(v.to_bits())).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    });
+    let mut mask = vec![0.0f32; n];
+    st_kernels::dropout_mask(seed, (1.0 - prob) as f32, &mut mask);
+    mask
+}
+
+/// Separate `[tokens, hidden]` projections as st-kernels' [`Qkv`].
+fn qkv_slices(qkv: &[FlexTensor; 3]) -> Qkv<'_> {
+    let hidden = qkv[0].shape()[2];
+    Qkv {
+        q: f32_slice(&qkv[0]),
+        k: f32_slice(&qkv[1]),
+        v: f32_slice(&qkv[2]),
+        row_stride: hidden,
     }
 }
 

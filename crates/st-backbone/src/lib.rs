@@ -52,6 +52,7 @@
 //!
 
 mod atomic;
+mod autodiff;
 mod config;
 mod distilbert;
 mod flex;
@@ -66,7 +67,10 @@ use std::path::{Path, PathBuf};
 
 pub use atomic::{AtomicFile, write_atomic};
 pub use config::{Architecture, BertConfig, HiddenAct};
-pub use fused::{AutodiffEncoderBackend, EncoderBackend};
+pub use fused::{
+    AttentionSaved, AutodiffEncoderBackend, EncoderBackend, LayerNormSaved,
+    attention_backward_composed, dropout, layer_norm_backward_composed,
+};
 pub use model::{
     BertAttention, BertEmbeddings, BertEncoder, BertInput, BertIntermediate, BertLayer, BertModel,
     BertOutput, BertPooler, BertSelfAttention, BertSelfOutput, Int8Linear, Int8Unsupported,

@@ -21,7 +21,7 @@ use st_kernels::{QuantizedMatrix, QuantizedTable};
 use std::sync::Arc;
 
 use crate::config::{Architecture, BertConfig, HiddenAct};
-use crate::fused::EncoderBackend;
+use crate::fused::{EncoderBackend, dropout};
 
 /// One batch of token ids, ready for the model. Rows are padded to the batch's longest input.
 #[derive(Debug, Clone)]
@@ -65,7 +65,7 @@ pub struct BertEmbeddings<B: Backend> {
     int8_words: Option<Arc<QuantizedTable>>,
 }
 
-impl<B: Backend> BertEmbeddings<B> {
+impl<B: EncoderBackend> BertEmbeddings<B> {
     pub fn forward(
         &self,
         input_ids: Tensor<B, 2, Int>,
@@ -88,7 +88,7 @@ impl<B: Backend> BertEmbeddings<B> {
         if let Some(token_types) = &self.token_type_embeddings {
             embedded = embedded + token_types.forward(token_type_ids);
         }
-        self.dropout.forward(self.layer_norm.forward(embedded))
+        dropout(&self.dropout, self.layer_norm.forward(embedded))
     }
 }
 
@@ -115,7 +115,7 @@ fn int8_lookup<B: Backend>(table: &QuantizedTable, ids: Tensor<B, 2, Int>) -> Te
 /// libtorch runs as a batched matmul: on a CPU with AMX that path does bf16 at ~60 GFLOP/s
 /// where a plain 2-D matmul reaches ~2,000, and its backward reduces the weight gradient over
 /// the broadcast batch dimension. Flattening the tokens first takes the fast path everywhere.
-fn dense<B: Backend>(linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+pub(crate) fn dense<B: Backend>(linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
     let [batch, seq, d_in] = x.dims();
     let y = linear.forward(x.reshape([batch * seq, d_in]));
     let d_out = y.dims()[1];
@@ -194,7 +194,9 @@ impl<B: Backend> BertSelfAttention<B> {
     pub fn int8_qkv(&self) -> Option<&Int8Linear> {
         self.int8_qkv.as_deref()
     }
+}
 
+impl<B: EncoderBackend> BertSelfAttention<B> {
     /// `x`: `[batch, seq, hidden]`; `key_padding`: `[batch, seq]`, true where a key is padding.
     pub fn forward(&self, x: Tensor<B, 3>, key_padding: Tensor<B, 2, Bool>) -> Tensor<B, 3> {
         self.forward_with_position_bias(x, key_padding, None)
@@ -208,25 +210,35 @@ impl<B: Backend> BertSelfAttention<B> {
         key_padding: Tensor<B, 2, Bool>,
         position_bias: Option<Tensor<B, 4>>,
     ) -> Tensor<B, 3> {
-        let [batch, seq, hidden] = x.dims();
-        let (x_device, x_dtype) = (x.device(), x.dtype());
+        let [q, k, v] = [&self.query, &self.key, &self.value].map(|l| dense(l, x.clone()));
+        self.attend([q, k, v], key_padding, position_bias)
+    }
+
+    /// The attention after the projections: `q`, `k`, `v` `[batch, seq, hidden]` → context
+    /// `[batch, seq, hidden]` (before the output projection).
+    pub fn attend(
+        &self,
+        [q, k, v]: [Tensor<B, 3>; 3],
+        key_padding: Tensor<B, 2, Bool>,
+        position_bias: Option<Tensor<B, 4>>,
+    ) -> Tensor<B, 3> {
+        let [batch, seq, hidden] = q.dims();
+        let (device, dtype) = (q.device(), q.dtype());
         let head_dim = hidden / self.num_heads;
         let split = |t: Tensor<B, 3>| {
             t.reshape([batch, seq, self.num_heads, head_dim])
                 .swap_dims(1, 2)
         };
-        let q = split(dense(&self.query, x.clone()));
-        let k = split(dense(&self.key, x.clone()));
-        let v = split(dense(&self.value, x));
+        let [q, k, v] = [q, k, v].map(split);
         // Padding enters as an additive bias (−∞ on padded keys) rather than a boolean mask:
         // burn-tch 0.21 hands burn's mask (true = masked out) to PyTorch's SDPA, where true
         // means "attend", so a boolean mask inverts there. The bias means the same everywhere.
-        let bias = Tensor::<B, 4>::zeros([batch, 1, 1, seq], &x_device)
-            .cast(x_dtype)
+        let bias = Tensor::<B, 4>::zeros([batch, 1, 1, seq], &device)
+            .cast(dtype)
             .mask_fill(key_padding.reshape([batch, 1, 1, seq]), f32::NEG_INFINITY)
             .expand([batch, self.num_heads, seq, seq]);
         let bias = match position_bias {
-            Some(position) => bias + position.cast(x_dtype),
+            Some(position) => bias + position.cast(dtype),
             None => bias,
         };
 
@@ -234,7 +246,7 @@ impl<B: Backend> BertSelfAttention<B> {
             // Training: dropout on the attention probabilities, as BERT was trained. The fused
             // kernel has no dropout, so spell the attention out.
             let scores = q.matmul(k.swap_dims(2, 3)) / (head_dim as f64).sqrt();
-            let probs = self.dropout.forward(softmax(scores + bias, 3));
+            let probs = dropout(&self.dropout, softmax(scores + bias, 3));
             probs.matmul(v)
         } else {
             attention(q, k, v, None, Some(bias), AttentionModuleOptions::default())
@@ -267,9 +279,11 @@ impl<B: Backend> BertSelfOutput<B> {
     pub fn int8_dense(&self) -> Option<&Int8Linear> {
         self.int8_dense.as_deref()
     }
+}
 
+impl<B: EncoderBackend> BertSelfOutput<B> {
     pub fn forward(&self, hidden: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
-        let projected = self.dropout.forward(dense(&self.dense, hidden));
+        let projected = dropout(&self.dropout, dense(&self.dense, hidden));
         self.layer_norm.forward(projected + residual)
     }
 }

@@ -16,12 +16,21 @@
 //! - [`bias_gelu`]: bias + exact GELU in place.
 //! - [`bias_residual_layer_norm`]: bias + residual + LayerNorm in place.
 //!
+//! Training kernels (forward keeping what the backward needs, and the backward), same twins:
+//! - [`gelu`] / [`gelu_backward`]: exact GELU and its derivative.
+//! - [`residual_layer_norm_train`] / [`layer_norm_backward`]: residual + LayerNorm.
+//! - [`attention_train`] / [`attention_backward`]: self-attention with dropout on its
+//!   probabilities, token-major like [`attention`].
+//! - [`dropout_mask`]: a dropout mask from a counter-based hash (thread-count independent).
+//!
 //! [`linear_f32`], the fp32 projection (bias left to the kernel after it), runs the `gemm` crate's kernels, which pick their own
 //! instruction set at run time (`ST_KERNELS` does not reach them).
 
 mod attention;
+mod attention_train;
 mod bias;
 mod dispatch;
+mod dropout;
 mod gelu;
 mod int8;
 mod layer_norm;
@@ -30,9 +39,16 @@ mod math;
 mod multiversion;
 
 pub use attention::{AttentionShape, Qkv, ScoreBias, attention, attention_at};
+pub use attention_train::{
+    attention_backward, attention_backward_at, attention_train, attention_train_at,
+};
 pub use bias::{add_bias, add_bias_at};
 pub use dispatch::Level;
-pub use gelu::{bias_gelu, bias_gelu_at};
+pub use dropout::{dropout_mask, dropout_mask_at};
+pub use gelu::{bias_gelu, bias_gelu_at, gelu, gelu_at, gelu_backward, gelu_backward_at};
 pub use int8::{QuantizedMatrix, QuantizedTable, linear_int8, linear_int8_at, smoothing_factors};
-pub use layer_norm::{LayerNormParams, bias_residual_layer_norm, bias_residual_layer_norm_at};
+pub use layer_norm::{
+    LayerNormParams, bias_residual_layer_norm, bias_residual_layer_norm_at, layer_norm_backward,
+    layer_norm_backward_at, residual_layer_norm_train, residual_layer_norm_train_at,
+};
 pub use linear::linear_f32;

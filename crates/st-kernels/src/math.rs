@@ -35,6 +35,14 @@ pub(crate) fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
+/// GELU's derivative, `Φ(x) + x·φ(x)`: the backward of [`gelu`].
+#[inline(always)]
+pub(crate) fn gelu_grad(x: f32) -> f32 {
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+    cdf + x * INV_SQRT_2PI * exp(-0.5 * x * x)
+}
+
 /// `e^x` to ~1 ulp (Cephes' polynomial on a range-reduced argument); 0 below −87.3 (so an
 /// additive −∞ mask gives exactly 0), `e^88.3` above 88.3 (finite).
 #[inline(always)]

@@ -41,10 +41,13 @@ macro_rules! multiversion {
 
 pub(crate) use multiversion;
 
+/// Elements handed to one rayon task by element-wise kernels (and, in whole rows, by
+/// [`rows_per_task`]): enough work to amortize the task.
+pub(crate) const ELEMENTS_PER_TASK: usize = 16 * 1024;
+
 /// Rows handed to one rayon task by row-wise kernels: enough work to amortize the task, small
 /// enough that two threads split a batch evenly.
 pub(crate) fn rows_per_task(rows: usize, width: usize) -> usize {
-    const ELEMENTS_PER_TASK: usize = 16 * 1024;
     let by_size = ELEMENTS_PER_TASK.div_ceil(width.max(1));
     let by_threads = rows.div_ceil(rayon::current_num_threads() * 4).max(1);
     by_size.min(by_threads).max(1)
