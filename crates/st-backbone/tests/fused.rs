@@ -3,9 +3,12 @@
 //! head 12, feed-forward 50: none a multiple of 16) and awkward batches (sequence 1, 2 and 257;
 //! one long row among many short ones), at every kernel level this CPU has.
 
+mod common;
+
 use burn::module::Module;
 use burn::tensor::{Bool, Distribution, Int, Tensor};
 use burn_flex::{Flex, FlexDevice};
+use common::composed_forward;
 use st_backbone::{BertConfig, BertInput, BertModel, EncoderBackend, HiddenAct};
 
 type B = Flex;
@@ -117,24 +120,6 @@ fn fused_ops_match_composed_code() {
         let diff = max_diff(fused, composed);
         assert!(diff < 1e-4, "whole model {diff}, {what}");
     }
-}
-
-/// The model through the modules' own `forward`, as autodiff backends run it.
-fn composed_forward(model: &BertModel<B>, input: BertInput<B>) -> Tensor<B, 3> {
-    let padding = input.attention_mask.equal_elem(0);
-    let mut x = model
-        .embeddings
-        .forward(input.input_ids, input.token_type_ids);
-    for layer in &model.encoder.layer {
-        let attended = layer
-            .attention
-            .self_attn
-            .forward(x.clone(), padding.clone());
-        x = layer.attention.output.forward(attended, x);
-        let expanded = layer.intermediate.forward(x.clone());
-        x = layer.output.forward(expanded, x);
-    }
-    x
 }
 
 /// Reruns [`fused_ops_match_composed_code`] in a child process per kernel level the CPU has

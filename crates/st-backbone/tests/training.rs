@@ -3,13 +3,17 @@
 //! differentiates op by op: same outputs, same gradients for every parameter, on a random
 //! model with awkward sizes (hidden 36, feed-forward 50) and a batch with padding.
 
+mod common;
+
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::DropoutConfig;
 use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Distribution, Int, Tensor, TensorPrimitive};
 use burn_autodiff::Autodiff;
 use burn_autodiff::grads::Gradients;
 use burn_flex::{Flex, FlexDevice};
+use common::composed_forward;
 use st_backbone::{BertConfig, BertInput, BertModel, EncoderBackend};
 
 type A = Autodiff<Flex>;
@@ -48,24 +52,6 @@ fn input() -> BertInput<A> {
         attention_mask: tensor(mask),
         token_type_ids: Tensor::zeros([lengths.len(), seq], &FlexDevice),
     }
-}
-
-/// The model through the modules' own `forward` (composed tensor ops).
-fn composed_forward(model: &BertModel<A>, input: BertInput<A>) -> Tensor<A, 3> {
-    let padding = input.attention_mask.equal_elem(0);
-    let mut x = model
-        .embeddings
-        .forward(input.input_ids, input.token_type_ids);
-    for layer in &model.encoder.layer {
-        let attended = layer
-            .attention
-            .self_attn
-            .forward(x.clone(), padding.clone());
-        x = layer.attention.output.forward(attended, x);
-        let expanded = layer.intermediate.forward(x.clone());
-        x = layer.output.forward(expanded, x);
-    }
-    x
 }
 
 /// Every float parameter's gradient, in module order.
@@ -127,6 +113,29 @@ fn fused_training_nodes_give_the_composed_outputs_and_gradients() {
     }
 }
 
+/// Each kernel gradient within 1e-4 of the composed one.
+fn assert_all_close<const N: usize>(
+    kernel: [FloatTensor<Flex>; N],
+    composed: [FloatTensor<Flex>; N],
+    names: [&str; N],
+    what: &str,
+) {
+    let values = |t| {
+        Tensor::<Flex, 1>::from_primitive(TensorPrimitive::Float(t))
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap()
+    };
+    for ((k, c), name) in kernel.into_iter().zip(composed).zip(names) {
+        let (k, c) = (values(k), values(c));
+        let diff = k
+            .iter()
+            .zip(&c)
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(diff < 1e-4, "{what}: {name} differs by {diff}");
+    }
+}
+
 #[test]
 fn layer_norm_kernel_backward_matches_the_composed_one() {
     let _rng = RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -151,27 +160,7 @@ fn layer_norm_kernel_backward_matches_the_composed_one() {
     let kernel =
         Flex::residual_layer_norm_backward(saved.clone(), flat(gamma.clone()), grad.clone());
     let composed = st_backbone::layer_norm_backward_composed::<Flex>(saved, flat(gamma), grad);
-    for (what, (k, c)) in ["d_x", "d_gamma", "d_beta"]
-        .iter()
-        .zip(kernel.into_iter().zip(composed))
-    {
-        let values = |t| {
-            let n = burn::tensor::TensorMetadata::shape(&t).num_elements();
-            Tensor::<Flex, 1>::from_primitive(TensorPrimitive::Float(Flex::float_reshape(
-                t,
-                [n].into(),
-            )))
-            .into_data()
-            .to_vec::<f32>()
-            .unwrap()
-        };
-        let (k, c) = (values(k), values(c));
-        let diff = k
-            .iter()
-            .zip(&c)
-            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-        assert!(diff < 1e-4, "{what} differs by {diff}");
-    }
+    assert_all_close(kernel, composed, ["d_x", "d_gamma", "d_beta"], "layer norm");
 }
 
 #[test]
@@ -237,22 +226,7 @@ fn attention_kernel_backward_matches_the_composed_one() {
         let grad = random();
         let kernel = Flex::attention_backward(saved.clone(), grad.clone());
         let composed = st_backbone::attention_backward_composed::<Flex>(saved, grad);
-        for (what, (k, c)) in ["d_q", "d_k", "d_v"]
-            .iter()
-            .zip(kernel.into_iter().zip(composed))
-        {
-            let values = |t| {
-                Tensor::<Flex, 3>::from_primitive(TensorPrimitive::Float(t))
-                    .into_data()
-                    .to_vec::<f32>()
-                    .unwrap()
-            };
-            let (k, c) = (values(k), values(c));
-            let diff = k
-                .iter()
-                .zip(&c)
-                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-            assert!(diff < 1e-4, "{what} (dropout {prob}) differs by {diff}");
-        }
+        let what = format!("attention, dropout {prob}");
+        assert_all_close(kernel, composed, ["d_q", "d_k", "d_v"], &what);
     }
 }

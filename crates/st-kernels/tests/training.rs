@@ -2,49 +2,10 @@
 //! CPU supports, against f64 references; the LayerNorm reference is itself checked against
 //! finite differences of the forward.
 
-use st_kernels::{LayerNormParams, Level};
+mod common;
 
-/// SplitMix64 → uniform floats in [-scale, scale].
-fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            ((z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
-
-fn levels() -> Vec<Level> {
-    Level::ALL.into_iter().filter(|l| l.supported()).collect()
-}
-
-fn assert_close(got: &[f32], want: &[f64], tol: f64, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g as f64 - w).abs() <= tol * (1.0 + w.abs()),
-            "{what}: element {i}: {g} vs reference {w}"
-        );
-    }
-}
-
-fn erf_f64(x: f64) -> f64 {
-    if x.abs() > 5.0 {
-        return x.signum();
-    }
-    let (mut term, mut total, mut n) = (x, x, 0.0);
-    while term.abs() > 1e-18 * total.abs().max(1e-300) && n < 400.0 {
-        n += 1.0;
-        term *= -x * x / n;
-        total += term / (2.0 * n + 1.0);
-    }
-    total * 2.0 / std::f64::consts::PI.sqrt()
-}
+use common::{assert_close, erf_f64, levels, random};
+use st_kernels::{AttentionShape, LayerNormParams, Qkv};
 
 #[test]
 fn gelu_and_its_backward_match_reference_at_every_level() {
@@ -298,6 +259,28 @@ fn attention_reference(
     out
 }
 
+/// Separate `[tokens, heads·d]` projections and their shape, as the kernels take them.
+fn attention_inputs<'a>(
+    [q, k, v]: [&'a [f32]; 3],
+    [batch, seq, num_heads, head_dim]: [usize; 4],
+) -> (AttentionShape, Qkv<'a>) {
+    let shape = AttentionShape {
+        batch,
+        seq,
+        num_heads,
+        head_dim,
+    };
+    (
+        shape,
+        Qkv {
+            q,
+            k,
+            v,
+            row_stride: num_heads * head_dim,
+        },
+    )
+}
+
 fn wide(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
@@ -336,18 +319,7 @@ fn attention_train_matches_reference_at_every_level() {
                 [batch, seq, heads, d],
             );
             for level in levels() {
-                let shape = st_kernels::AttentionShape {
-                    batch,
-                    seq,
-                    num_heads: heads,
-                    head_dim: d,
-                };
-                let qkv = st_kernels::Qkv {
-                    q: &q,
-                    k: &k,
-                    v: &v,
-                    row_stride: hidden,
-                };
+                let (shape, qkv) = attention_inputs([&q, &k, &v], [batch, seq, heads, d]);
                 let (mut out, mut probs) = (vec![f32::NAN; n], vec![0.0; scores]);
                 st_kernels::attention_train_at(
                     level, qkv, &bias, mask, shape, &mut out, &mut probs,
@@ -397,18 +369,7 @@ fn attention_backward_matches_finite_differences_at_every_level() {
             })
             .collect();
         for level in levels() {
-            let shape = st_kernels::AttentionShape {
-                batch,
-                seq,
-                num_heads: heads,
-                head_dim: d,
-            };
-            let qkv = st_kernels::Qkv {
-                q: &q,
-                k: &k,
-                v: &v,
-                row_stride: hidden,
-            };
+            let (shape, qkv) = attention_inputs([&q, &k, &v], [batch, seq, heads, d]);
             let (mut out, mut probs) = (vec![0.0; n], vec![0.0; scores]);
             st_kernels::attention_train_at(level, qkv, &bias, mask, shape, &mut out, &mut probs);
             let mut grads = [vec![f32::NAN; n], vec![f32::NAN; n], vec![f32::NAN; n]];
