@@ -5,8 +5,7 @@
 //! inner backend's training kernels ([`EncoderBackend::attention_train`],
 //! [`EncoderBackend::exact_gelu`], [`EncoderBackend::residual_layer_norm`]), and dropout on its
 //! masks ([`EncoderBackend::dropout_mask`]): burn-flex overrides them with st-kernels' ones;
-//! other backends keep burn's ops (the GELU node calls the same `gelu` / `gelu_backward` as
-//! burn's own, and the rest stays composed).
+//! other backends keep burn's ops.
 
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::FloatTensor;
@@ -42,7 +41,7 @@ impl<B: EncoderBackend, C: CheckpointStrategy> EncoderBackend for Autodiff<B, C>
             return attn.attend(qkv.map(float), key_padding, None);
         };
         let nodes = qkv.each_ref().map(|t| t.node.clone());
-        let context = match Attention.prepare::<C>(nodes).compute_bound().stateful() {
+        let context = match AttentionNode.prepare::<C>(nodes).compute_bound().stateful() {
             OpsKind::Tracked(prep) => prep.finish(saved, context),
             OpsKind::UnTracked(prep) => prep.finish(context),
         };
@@ -75,7 +74,7 @@ impl<B: EncoderBackend, C: CheckpointStrategy> EncoderBackend for Autodiff<B, C>
             return norm.forward(float::<B, C, 3>(x) + float(residual));
         };
         let nodes = [&x, &residual, &gamma, &beta].map(|t| t.node.clone());
-        let y = match ResidualLayerNorm
+        let y = match ResidualLayerNormNode
             .prepare::<C>(nodes)
             .compute_bound()
             .stateful()
@@ -91,16 +90,16 @@ impl<B: EncoderBackend, C: CheckpointStrategy> EncoderBackend for Autodiff<B, C>
             return intermediate.forward(x);
         }
         let x = dense(&intermediate.dense, x).into_primitive().tensor();
-        let y = match Gelu
+        let Some(y) = B::exact_gelu(x.primitive.clone()) else {
+            return intermediate.activate(float(x));
+        };
+        let y = match GeluNode
             .prepare::<C>([x.node.clone()])
             .compute_bound()
             .stateful()
         {
-            OpsKind::Tracked(prep) => {
-                let y = B::exact_gelu(x.primitive.clone());
-                prep.finish(x.primitive, y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::exact_gelu(x.primitive)),
+            OpsKind::Tracked(prep) => prep.finish(x.primitive, y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
         };
         float(y)
     }
@@ -124,9 +123,9 @@ fn float<B: EncoderBackend, C: CheckpointStrategy, const D: usize>(
 /// Attention after the projections as one node: parents `[q, k, v]`; its state is what the
 /// forward kept.
 #[derive(Debug)]
-struct Attention;
+struct AttentionNode;
 
-impl<B: EncoderBackend> Backward<B, 3> for Attention {
+impl<B: EncoderBackend> Backward<B, 3> for AttentionNode {
     type State = AttentionSaved<B>;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
@@ -142,9 +141,9 @@ impl<B: EncoderBackend> Backward<B, 3> for Attention {
 
 /// Exact GELU as one node; its state is the input.
 #[derive(Debug)]
-struct Gelu;
+struct GeluNode;
 
-impl<B: EncoderBackend> Backward<B, 1> for Gelu {
+impl<B: EncoderBackend> Backward<B, 1> for GeluNode {
     type State = FloatTensor<B>;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
@@ -158,9 +157,9 @@ impl<B: EncoderBackend> Backward<B, 1> for Gelu {
 /// `LayerNorm(x + residual)` as one node: parents `[x, residual, gamma, beta]`; its state is
 /// what the forward kept, and `gamma`.
 #[derive(Debug)]
-struct ResidualLayerNorm;
+struct ResidualLayerNormNode;
 
-impl<B: EncoderBackend> Backward<B, 4> for ResidualLayerNorm {
+impl<B: EncoderBackend> Backward<B, 4> for ResidualLayerNormNode {
     type State = (LayerNormSaved<B>, FloatTensor<B>);
 
     fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {

@@ -12,7 +12,7 @@ use burn::tensor::{
     Bool, DType, Distribution, FloatDType, Shape, Tensor, TensorData, TensorMetadata,
     TensorPrimitive,
 };
-use burn_flex::{Flex, FlexTensor};
+use burn_flex::{Flex, FlexDevice, FlexTensor};
 use st_kernels::{AttentionShape, LayerNormParams, Qkv};
 
 use crate::config::HiddenAct;
@@ -40,18 +40,9 @@ impl EncoderBackend for Flex {
             return attn.forward_with_position_bias(x, key_padding, position_bias);
         }
         let [batch, seq, hidden] = x.dims();
-        let shape = AttentionShape {
-            batch,
-            seq,
-            num_heads: attn.num_heads(),
-            head_dim: hidden / attn.num_heads(),
-        };
+        let shape = attention_shape([batch, seq, hidden], attn.num_heads());
         let positions = position_bias.map(f32_values);
-        let key_bias: Vec<f32> = key_padding
-            .into_data()
-            .iter::<bool>()
-            .map(|pad| if pad { f32::NEG_INFINITY } else { 0.0 })
-            .collect();
+        let key_bias = key_bias(key_padding);
         let mut context = vec![0.0f32; batch * seq * hidden];
         let bias = st_kernels::ScoreBias {
             keys: &key_bias,
@@ -178,27 +169,14 @@ impl EncoderBackend for Flex {
         if qkv.iter().any(|t| t.dtype() != DType::F32) {
             return None;
         }
-        let shape = qkv[0].shape();
-        let [batch, seq, hidden] = [shape[0], shape[1], shape[2]];
-        let shape = AttentionShape {
-            batch,
-            seq,
-            num_heads,
-            head_dim: hidden / num_heads,
-        };
-        let key_bias: Vec<f32> = Tensor::<Flex, 2, Bool>::from_primitive(key_padding)
-            .into_data()
-            .iter::<bool>()
-            .map(|pad| if pad { f32::NEG_INFINITY } else { 0.0 })
-            .collect();
+        let [batch, seq, hidden] = qkv[0].shape().dims();
+        let shape = attention_shape([batch, seq, hidden], num_heads);
+        let key_bias = key_bias(Tensor::from_primitive(key_padding));
         let qkv = qkv.map(exact);
         let scores = [batch, num_heads, seq, seq];
         let mask = (prob > 0.0).then(|| {
-            let device = Default::default();
-            FlexTensor::from_data(TensorData::new(
-                mask_values(scores.iter().product(), prob, &device),
-                scores,
-            ))
+            let values = mask_values(scores.iter().product(), prob, &FlexDevice);
+            FlexTensor::from_data(TensorData::new(values, scores))
         });
         let mut context = vec![0.0f32; batch * seq * hidden];
         let mut probs = vec![0.0f32; scores.iter().product()];
@@ -224,12 +202,7 @@ impl EncoderBackend for Flex {
     fn attention_backward(saved: AttentionSaved<Flex>, grad: FlexTensor) -> [FlexTensor; 3] {
         let [batch, num_heads, seq, _] = saved.probs.shape().dims();
         let hidden = saved.qkv[0].shape()[2];
-        let shape = AttentionShape {
-            batch,
-            seq,
-            num_heads,
-            head_dim: hidden / num_heads,
-        };
+        let shape = attention_shape([batch, seq, hidden], num_heads);
         let mut d_qkv = [(); 3].map(|_| vec![0.0f32; batch * seq * hidden]);
         let [d_q, d_k, d_v] = &mut d_qkv;
         st_kernels::attention_backward(
@@ -243,15 +216,15 @@ impl EncoderBackend for Flex {
         d_qkv.map(|d| FlexTensor::from_data(TensorData::new(d, [batch, seq, hidden])))
     }
 
-    fn exact_gelu(x: FlexTensor) -> FlexTensor {
+    fn exact_gelu(x: FlexTensor) -> Option<FlexTensor> {
         if x.dtype() != DType::F32 {
-            return Flex::gelu(x);
+            return None;
         }
         let shape = x.shape();
         let x = exact(x);
         let mut y = vec![0.0f32; shape.num_elements()];
         st_kernels::gelu(f32_slice(&x), &mut y);
-        FlexTensor::from_data(TensorData::new(y, shape))
+        Some(FlexTensor::from_data(TensorData::new(y, shape)))
     }
 
     fn exact_gelu_backward(x: FlexTensor, mut grad: FlexTensor) -> FlexTensor {
@@ -332,6 +305,24 @@ fn mask_values(n: usize, prob: f64, device: &burn::tensor::Device<Flex>) -> Vec<
     let mut mask = vec![0.0f32; n];
     st_kernels::dropout_mask(seed, (1.0 - prob) as f32, &mut mask);
     mask
+}
+
+fn attention_shape([batch, seq, hidden]: [usize; 3], num_heads: usize) -> AttentionShape {
+    AttentionShape {
+        batch,
+        seq,
+        num_heads,
+        head_dim: hidden / num_heads,
+    }
+}
+
+/// The key padding `[batch, seq]` as the additive bias st-kernels take: −∞ on padded keys.
+fn key_bias(key_padding: Tensor<Flex, 2, Bool>) -> Vec<f32> {
+    key_padding
+        .into_data()
+        .iter::<bool>()
+        .map(|pad| if pad { f32::NEG_INFINITY } else { 0.0 })
+        .collect()
 }
 
 /// Separate `[tokens, hidden]` projections as st-kernels' [`Qkv`].

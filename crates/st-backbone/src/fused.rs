@@ -1,13 +1,15 @@
 //! [`EncoderBackend`]: the few fused operations the encoder asks its backend for (Burn's
 //! backend-extension pattern). Each default method is the composed tensor code of the module it
-//! takes, so libtorch, wgpu and autodiff run exactly what they ran before; burn-flex overrides
-//! them with st-kernels' fused CPU kernels (no head split/merge copies, bias + exact GELU with a
+//! takes, so libtorch and wgpu run exactly what they ran before; burn-flex overrides them with
+//! st-kernels' fused CPU kernels (no head split/merge copies, bias + exact GELU with a
 //! vectorized `erf`, bias + residual + LayerNorm in one pass, one QKV matmul).
 //!
-//! Training has kernels of its own, at the level of the backend's primitives: each forward
-//! keeps what its backward needs, and `autodiff.rs` registers the pair as one graph node (GELU,
-//! residual + LayerNorm, attention after the projections), or uses a fast dropout mask. Their defaults are burn's own ops (or
-//! `None`: compose), so only a backend that overrides them trains differently.
+//! Training has hooks of its own, at the level of the backend's primitives: each forward keeps
+//! what its backward needs, and `autodiff.rs` registers the pair as one graph node (attention
+//! after the projections, GELU, residual + LayerNorm); dropout takes the backend's masks. The
+//! forwards default to `None` (compose, as before), so only a backend that overrides them
+//! trains differently. The backward defaults are the same math in tensor ops: a backend that
+//! overrides a forward alone still trains correctly, and the kernel tests compare against them.
 
 use burn::nn::Dropout;
 use burn::tensor::backend::Backend;
@@ -19,8 +21,9 @@ use crate::model::{BertIntermediate, BertSelfAttention, BertSelfOutput};
 /// A backend the BERT encoder runs on. Implement it with no methods (`impl EncoderBackend for
 /// MyBackend {}`) to run the composed tensor code; override a method to fuse it.
 ///
-/// Overrides must compute what the default computes at inference (dropout off); the model only
-/// calls them when autodiff is off, and trains through the modules' own `forward`.
+/// Overrides must compute what the default computes (up to float rounding). At inference the
+/// layers call `self_attention`, `self_output` and `intermediate`; in training, burn's
+/// `Autodiff` implements those three on the inner backend's training hooks (`autodiff.rs`).
 pub trait EncoderBackend: Backend {
     /// Whether this backend's overrides run the int8 projections that
     /// [`BertModel::with_int8_linears`](crate::BertModel::with_int8_linears) prepares (it
@@ -91,9 +94,10 @@ pub trait EncoderBackend: Backend {
         attention_backward_composed(saved, grad)
     }
 
-    /// Exact GELU: the forward of training's GELU node, whose backward gets `x` back.
-    fn exact_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        Self::gelu(x)
+    /// Exact GELU as training's GELU node, whose backward gets `x` back. `None` (the
+    /// default): burn's own `gelu` node.
+    fn exact_gelu(_x: FloatTensor<Self>) -> Option<FloatTensor<Self>> {
+        None
     }
 
     /// The gradient of [`exact_gelu`](Self::exact_gelu)'s input from that of its output.
@@ -217,18 +221,18 @@ pub fn layer_norm_backward_composed<B: Backend>(
     ]
 }
 
-/// `dropout.forward(x)`, on the backend's [`EncoderBackend::dropout_mask`] where it has one.
+/// `module.forward(x)`, on the backend's [`EncoderBackend::dropout_mask`] where it has one.
 /// A no-op outside training, as burn's.
 pub fn dropout<B: EncoderBackend, const D: usize>(
-    dropout: &Dropout,
+    module: &Dropout,
     x: Tensor<B, D>,
 ) -> Tensor<B, D> {
-    if !B::ad_enabled(&x.device()) || dropout.prob == 0.0 {
+    if !B::ad_enabled(&x.device()) || module.prob == 0.0 {
         return x;
     }
-    match B::dropout_mask(x.shape(), dropout.prob, x.dtype(), &x.device()) {
+    match B::dropout_mask(x.shape(), module.prob, x.dtype(), &x.device()) {
         Some(mask) => x * Tensor::from_primitive(TensorPrimitive::Float(mask)),
-        None => dropout.forward(x),
+        None => module.forward(x),
     }
 }
 

@@ -358,8 +358,8 @@ type Observer<'a, B> = &'a mut dyn FnMut(usize, ProjectionInput, &Tensor<B, 3>);
 
 impl<B: EncoderBackend> BertLayer<B> {
     /// Runs through the backend's fused operations ([`EncoderBackend`]); their defaults are the
-    /// sub-modules' own `forward`, which training (autodiff) uses. `position_bias`: MPNet's
-    /// `[1, heads, seq, seq]` relative-position bias.
+    /// sub-modules' own `forward` (in training, `autodiff.rs` runs them on the inner backend's
+    /// training hooks). `position_bias`: MPNet's `[1, heads, seq, seq]` relative-position bias.
     pub fn forward(
         &self,
         x: Tensor<B, 3>,

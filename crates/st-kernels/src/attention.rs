@@ -18,7 +18,7 @@ pub struct AttentionShape {
 }
 
 impl AttentionShape {
-    fn hidden(&self) -> usize {
+    pub(crate) fn hidden(&self) -> usize {
         self.num_heads * self.head_dim
     }
 }

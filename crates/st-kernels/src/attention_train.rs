@@ -11,87 +11,12 @@ use crate::attention::{AttentionShape, Qkv};
 use crate::math;
 use crate::multiversion::multiversion;
 
-/// `dst = alpha·dst + beta · a·b` for `a` `[m, k]` and `b` `[k, n]`, each given as
-/// `(pointer, column stride, row stride)`; `dst` `[m, n]` likewise (read only when `alpha` is
-/// not 0).
-///
-/// # Safety
-/// Every pointer must be valid for the elements its strides reach, and `dst` must not overlap
-/// `a` or `b`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn product(
-    [m, n, k]: [usize; 3],
-    dst: (*mut f32, isize, isize),
-    a: (*const f32, isize, isize),
-    b: (*const f32, isize, isize),
-    alpha: f32,
-    beta: f32,
-) {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.0,
-            dst.1,
-            dst.2,
-            alpha != 0.0,
-            a.0,
-            a.1,
-            a.2,
-            b.0,
-            b.1,
-            b.2,
-            alpha,
-            beta,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
-}
-
-/// Checks what the forward and the backward share: separate `[tokens, hidden]` projections,
-/// and probabilities (and mask) `[batch, heads, seq, seq]`.
-fn check(qkv: &Qkv<'_>, shape: AttentionShape, probs: usize, mask: Option<&[f32]>) {
-    let AttentionShape {
-        batch,
-        seq,
-        num_heads,
-        head_dim,
-    } = shape;
-    let tokens = batch * seq;
-    let hidden = num_heads * head_dim;
-    assert_eq!(
-        qkv.row_stride, hidden,
-        "attention_train: q, k, v rows must be [hidden]"
-    );
-    for (name, t) in [("q", qkv.q), ("k", qkv.k), ("v", qkv.v)] {
-        assert_eq!(
-            t.len(),
-            tokens * hidden,
-            "attention_train: {name} must be [tokens, hidden]"
-        );
-    }
-    let scores = batch * num_heads * seq * seq;
-    assert_eq!(
-        probs, scores,
-        "attention_train: probabilities must be [batch, heads, seq, seq]"
-    );
-    assert!(
-        mask.is_none_or(|m| m.len() == scores),
-        "attention_train: the dropout mask must be [batch, heads, seq, seq]"
-    );
-}
-
 /// Self-attention for training: `out = (softmax(q·kᵀ/√d + key_bias) ⊙ mask)·v` per sequence and
 /// head, keeping the softmax probabilities (before the mask) in `probs`
 /// (`[batch, heads, seq, seq]`) for [`attention_backward`]. `qkv`: separate `[tokens, hidden]`
 /// projections (`row_stride` = hidden); `key_bias` `[batch, seq]` (0, or −∞ on padding); `mask`:
 /// a dropout mask shaped like `probs` (0 or `1/keep`), `None` for no dropout. A query whose keys
-/// are all masked gets zeros. At [`Level::active`].
+/// are all masked gets zeros (composed tensor ops give NaN there). At [`Level::active`].
 pub fn attention_train(
     qkv: Qkv<'_>,
     key_bias: &[f32],
@@ -113,17 +38,17 @@ pub fn attention_train_at(
     out: &mut [f32],
     probs: &mut [f32],
 ) {
-    check(&qkv, shape, probs.len(), mask);
+    check_shapes(&qkv, shape, probs.len(), mask);
     let AttentionShape {
+        batch,
         seq,
         num_heads,
-        head_dim: d,
         ..
     } = shape;
-    let hidden = num_heads * d;
+    let tokens = batch * seq;
     assert_eq!(
         key_bias.len(),
-        out.len() / hidden.max(1),
+        tokens,
         "attention_train: the key bias must be [batch, seq]"
     );
     assert_eq!(
@@ -134,55 +59,19 @@ pub fn attention_train_at(
     if out.is_empty() {
         return;
     }
-    let scale = 1.0 / (d as f32).sqrt();
+    let hidden = shape.hidden();
     let per_head = seq * seq;
     out.par_chunks_mut(seq * hidden)
         .zip(probs.par_chunks_mut(num_heads * per_head))
         .enumerate()
         .for_each(|(b, (out, probs))| {
-            let mut dropped = vec![0.0f32; per_head];
-            // Head `h`'s [seq, d] block of this sequence: row stride `hidden`, column stride 1.
-            let block = |t: &[f32], h: usize| t[b * seq * hidden + h * d..].as_ptr();
-            let rs = hidden as isize;
+            let mut dropped = mask.map(|_| vec![0.0f32; per_head]);
             for (h, p) in probs.chunks_exact_mut(per_head).enumerate() {
-                let (q, k, v) = (block(qkv.q, h), block(qkv.k, h), block(qkv.v, h));
-                // SAFETY: q, k, v hold this sequence's `seq` rows of `hidden` (checked), of which
-                // the head reads `d` columns from `h·d`; `p` is [seq, seq]; `out` is this
-                // sequence's [seq, hidden], written at the head's columns; nothing overlaps.
-                unsafe {
-                    // scores = q · kᵀ · scale: kᵀ[c, j] = k[j, c].
-                    product(
-                        [seq, seq, d],
-                        (p.as_mut_ptr(), 1, seq as isize),
-                        (q, 1, rs),
-                        (k, rs, 1),
-                        0.0,
-                        scale,
-                    );
-                }
-                softmax_rows(level, p, &key_bias[b * seq..(b + 1) * seq]);
-                let weights = match mask {
-                    Some(mask) => {
-                        let m = &mask[(b * num_heads + h) * per_head..][..per_head];
-                        dropped
-                            .iter_mut()
-                            .zip(p.iter().zip(m))
-                            .for_each(|(o, (&p, &m))| *o = p * m);
-                        dropped.as_ptr()
-                    }
-                    None => p.as_ptr(),
-                };
-                // SAFETY: as above; `weights` is [seq, seq].
-                unsafe {
-                    product(
-                        [seq, d, seq],
-                        (out[h * d..].as_mut_ptr(), 1, rs),
-                        (weights, 1, seq as isize),
-                        (v, 1, rs),
-                        0.0,
-                        1.0,
-                    );
-                }
+                let head = Head::new(shape, b, h);
+                let head_mask = mask.map(|m| &m[(b * num_heads + h) * per_head..][..per_head]);
+                let head_bias = &key_bias[b * seq..(b + 1) * seq];
+                let weights = dropped.as_deref_mut();
+                head_forward(level, head, qkv, head_bias, head_mask, p, weights, out);
             }
         });
 }
@@ -213,32 +102,31 @@ pub fn attention_backward_at(
     d_out: &[f32],
     d_qkv: [&mut [f32]; 3],
 ) {
-    let tokens = shape.batch * shape.seq;
-    check(&qkv, shape, probs.len(), mask);
+    check_shapes(&qkv, shape, probs.len(), mask);
     let AttentionShape {
+        batch,
         seq,
         num_heads,
-        head_dim: d,
         ..
     } = shape;
-    let hidden = num_heads * d;
+    let hidden = shape.hidden();
+    let len = batch * seq * hidden;
     assert_eq!(
         d_out.len(),
-        tokens * hidden,
+        len,
         "attention_backward: d_out must be [tokens, hidden]"
     );
     let [dq, dk, dv] = d_qkv;
     for g in [&dq, &dk, &dv] {
         assert_eq!(
             g.len(),
-            tokens * hidden,
+            len,
             "attention_backward: gradients must be [tokens, hidden]"
         );
     }
-    if tokens == 0 || hidden == 0 {
+    if len == 0 {
         return;
     }
-    let scale = 1.0 / (d as f32).sqrt();
     let per_head = seq * seq;
     let chunk = seq * hidden;
     dq.par_chunks_mut(chunk)
@@ -246,75 +134,277 @@ pub fn attention_backward_at(
         .zip(dv.par_chunks_mut(chunk))
         .enumerate()
         .for_each(|(b, ((dq, dk), dv))| {
-            let mut weights = vec![0.0f32; per_head];
-            let mut d_scores = vec![0.0f32; per_head];
-            let block = |t: &[f32], h: usize| t[b * seq * hidden + h * d..].as_ptr();
-            let rs = hidden as isize;
+            let mut scratch = [vec![0.0f32; per_head], vec![0.0f32; per_head]];
             for h in 0..num_heads {
-                let (q, k, v) = (block(qkv.q, h), block(qkv.k, h), block(qkv.v, h));
-                let d_o = block(d_out, h);
+                let head = Head::new(shape, b, h);
                 let first = (b * num_heads + h) * per_head;
-                let p = &probs[first..][..per_head];
-                let m = mask.map(|m| &m[first..][..per_head]);
-                match m {
-                    Some(m) => weights
-                        .iter_mut()
-                        .zip(p.iter().zip(m))
-                        .for_each(|(w, (&p, &m))| *w = p * m),
-                    None => weights.copy_from_slice(p),
-                }
-                // SAFETY: as in `attention_train_at`: every block is this sequence's [seq, d]
-                // at the head's columns (row stride hidden), `weights` and `d_scores` are
-                // [seq, seq], and the gradient buffers are this sequence's [seq, hidden],
-                // written at the head's columns only; nothing written overlaps what is read.
-                unsafe {
-                    // dV = Wᵀ · dO: Wᵀ[j, i] = W[i, j].
-                    product(
-                        [seq, d, seq],
-                        (dv[h * d..].as_mut_ptr(), 1, rs),
-                        (weights.as_ptr(), seq as isize, 1),
-                        (d_o, 1, rs),
-                        0.0,
-                        1.0,
-                    );
-                    // dW = dO · Vᵀ.
-                    product(
-                        [seq, seq, d],
-                        (d_scores.as_mut_ptr(), 1, seq as isize),
-                        (d_o, 1, rs),
-                        (v, rs, 1),
-                        0.0,
-                        1.0,
-                    );
-                }
-                softmax_backward_rows(level, &mut d_scores, p, m, seq, scale);
-                // SAFETY: as above.
-                unsafe {
-                    // dQ = dS · K (scale applied in dS).
-                    product(
-                        [seq, d, seq],
-                        (dq[h * d..].as_mut_ptr(), 1, rs),
-                        (d_scores.as_ptr(), 1, seq as isize),
-                        (k, 1, rs),
-                        0.0,
-                        1.0,
-                    );
-                    // dK = dSᵀ · Q.
-                    product(
-                        [seq, d, seq],
-                        (dk[h * d..].as_mut_ptr(), 1, rs),
-                        (d_scores.as_ptr(), seq as isize, 1),
-                        (q, 1, rs),
-                        0.0,
-                        1.0,
-                    );
-                }
+                let saved = (
+                    &probs[first..][..per_head],
+                    mask.map(|m| &m[first..][..per_head]),
+                );
+                let grads = [&mut *dq, &mut *dk, &mut *dv];
+                head_backward(level, head, qkv, saved, d_out, grads, &mut scratch);
             }
         });
 }
 
+/// Checks what the forward and the backward share: separate `[tokens, hidden]` projections,
+/// and probabilities (and mask) `[batch, heads, seq, seq]`.
+fn check_shapes(qkv: &Qkv<'_>, shape: AttentionShape, probs: usize, mask: Option<&[f32]>) {
+    let AttentionShape {
+        batch,
+        seq,
+        num_heads,
+        ..
+    } = shape;
+    let hidden = shape.hidden();
+    assert_eq!(
+        qkv.row_stride, hidden,
+        "attention_train: q, k, v rows must be [hidden]"
+    );
+    for (name, t) in [("q", qkv.q), ("k", qkv.k), ("v", qkv.v)] {
+        assert_eq!(
+            t.len(),
+            batch * seq * hidden,
+            "attention_train: {name} must be [tokens, hidden]"
+        );
+    }
+    let scores = batch * num_heads * seq * seq;
+    assert_eq!(
+        probs, scores,
+        "attention_train: probabilities must be [batch, heads, seq, seq]"
+    );
+    assert!(
+        mask.is_none_or(|m| m.len() == scores),
+        "attention_train: the dropout mask must be [batch, heads, seq, seq]"
+    );
+}
+
+/// Sequence `b`, head `h`: where its `[seq, d]` blocks start in a token-major `[tokens, hidden]`
+/// buffer (`at`) and in its sequence's `[seq, hidden]` chunk (`column`); rows are `hidden`
+/// apart.
+#[derive(Clone, Copy)]
+struct Head {
+    seq: usize,
+    d: usize,
+    hidden: usize,
+    at: usize,
+    column: usize,
+}
+
+impl Head {
+    fn new(shape: AttentionShape, b: usize, h: usize) -> Self {
+        let hidden = shape.hidden();
+        let column = h * shape.head_dim;
+        Head {
+            seq: shape.seq,
+            d: shape.head_dim,
+            hidden,
+            at: b * shape.seq * hidden + column,
+            column,
+        }
+    }
+
+    /// The head's block of a token-major buffer, as a `gemm` operand `(pointer, column stride,
+    /// row stride)`; `transposed` reads it as `[d, seq]`.
+    fn block(&self, t: &[f32], transposed: bool) -> Operand {
+        self.operand(&t[self.at..], transposed)
+    }
+
+    /// The head's block of its sequence's `[seq, hidden]` chunk, to write.
+    fn block_mut(&self, chunk: &mut [f32]) -> Destination {
+        let to = &mut chunk[self.column..];
+        self.check_reach(to.len());
+        (to.as_mut_ptr(), 1, self.hidden as isize)
+    }
+
+    fn operand(&self, from: &[f32], transposed: bool) -> Operand {
+        self.check_reach(from.len());
+        let rs = self.hidden as isize;
+        if transposed {
+            (from.as_ptr(), rs, 1)
+        } else {
+            (from.as_ptr(), 1, rs)
+        }
+    }
+
+    /// A block starting a slice of `len` elements must reach its last one (row seq − 1,
+    /// column d − 1) inside it.
+    fn check_reach(&self, len: usize) {
+        assert!(
+            len >= (self.seq - 1) * self.hidden + self.d,
+            "attention block out of range"
+        );
+    }
+}
+
+/// A `gemm` operand: `(pointer, column stride, row stride)`.
+type Operand = (*const f32, isize, isize);
+/// A `gemm` destination: `(pointer, column stride, row stride)`.
+type Destination = (*mut f32, isize, isize);
+
+/// A `[seq, seq]` buffer as a `gemm` operand; `transposed` reads it as its transpose.
+fn square(t: &[f32], seq: usize, transposed: bool) -> Operand {
+    assert_eq!(t.len(), seq * seq, "attention: a [seq, seq] buffer");
+    if transposed {
+        (t.as_ptr(), seq as isize, 1)
+    } else {
+        (t.as_ptr(), 1, seq as isize)
+    }
+}
+
+fn square_mut(t: &mut [f32], seq: usize) -> Destination {
+    assert_eq!(t.len(), seq * seq, "attention: a [seq, seq] buffer");
+    (t.as_mut_ptr(), 1, seq as isize)
+}
+
+/// One head's forward: `p = softmax(q·kᵀ·scale + bias)`, `out = (p ⊙ mask)·v` (the masked
+/// weights go through `dropped` when there is a mask).
+#[allow(clippy::too_many_arguments)]
+fn head_forward(
+    level: Level,
+    head: Head,
+    qkv: Qkv<'_>,
+    key_bias: &[f32],
+    mask: Option<&[f32]>,
+    p: &mut [f32],
+    dropped: Option<&mut [f32]>,
+    out: &mut [f32],
+) {
+    let (seq, d) = (head.seq, head.d);
+    let scale = 1.0 / (d as f32).sqrt();
+    // SAFETY (both products): every operand comes from `Head::block` / `square`, which check
+    // that its strided reach lies inside the slice it points into; `p`, `dropped` and `out` are
+    // distinct buffers from q, k, v, and `out` is written only at this head's columns.
+    unsafe {
+        let scores = (
+            square_mut(p, seq),
+            head.block(qkv.q, false),
+            head.block(qkv.k, true),
+        );
+        product([seq, seq, d], scores, scale);
+    }
+    bias_softmax_rows(level, p, key_bias);
+    let weights = match mask {
+        Some(mask) => {
+            let dropped = dropped.expect("a dropout mask comes with a buffer for its weights");
+            dropped
+                .iter_mut()
+                .zip(p.iter().zip(mask))
+                .for_each(|(w, (&p, &m))| *w = p * m);
+            &*dropped
+        }
+        None => &*p,
+    };
+    // SAFETY: as above.
+    unsafe {
+        let context = (
+            head.block_mut(out),
+            square(weights, seq, false),
+            head.block(qkv.v, false),
+        );
+        product([seq, d, seq], context, 1.0);
+    }
+}
+
+/// One head's backward into the gradient chunks of its sequence (`grads`: dq, dk, dv, each
+/// `[seq, hidden]`). `saved`: the head's probabilities and mask; `scratch`: two `[seq, seq]`
+/// buffers (the masked weights, then the scores' gradient).
+fn head_backward(
+    level: Level,
+    head: Head,
+    qkv: Qkv<'_>,
+    (probs, mask): (&[f32], Option<&[f32]>),
+    d_out: &[f32],
+    [dq, dk, dv]: [&mut [f32]; 3],
+    [weights, d_scores]: &mut [Vec<f32>; 2],
+) {
+    let (seq, d) = (head.seq, head.d);
+    match mask {
+        Some(m) => weights
+            .iter_mut()
+            .zip(probs.iter().zip(m))
+            .for_each(|(w, (&p, &m))| *w = p * m),
+        None => weights.copy_from_slice(probs),
+    }
+    let d_o = head.block(d_out, false);
+    // SAFETY (all four products): as in `head_forward`; the gradient chunks are distinct from
+    // every input, and each is written only at this head's columns.
+    unsafe {
+        // dV = Wᵀ · dO.
+        product(
+            [seq, d, seq],
+            (head.block_mut(dv), square(weights, seq, true), d_o),
+            1.0,
+        );
+        // dW = dO · Vᵀ.
+        product(
+            [seq, seq, d],
+            (square_mut(d_scores, seq), d_o, head.block(qkv.v, true)),
+            1.0,
+        );
+    }
+    let scale = 1.0 / (d as f32).sqrt();
+    softmax_backward_rows(level, d_scores, probs, mask, seq, scale);
+    // SAFETY: as above.
+    unsafe {
+        // dQ = dS · K and dK = dSᵀ · Q (the scale is in dS).
+        product(
+            [seq, d, seq],
+            (
+                head.block_mut(dq),
+                square(d_scores, seq, false),
+                head.block(qkv.k, false),
+            ),
+            1.0,
+        );
+        product(
+            [seq, d, seq],
+            (
+                head.block_mut(dk),
+                square(d_scores, seq, true),
+                head.block(qkv.q, false),
+            ),
+            1.0,
+        );
+    }
+}
+
+/// `dst = scale · a·b` for `a` `[m, k]` and `b` `[k, n]`, each operand a `gemm`
+/// `(pointer, column stride, row stride)`; `dst` `[m, n]` is overwritten, never read.
+///
+/// # Safety
+/// Every pointer must be valid for the elements its strides reach, and `dst` must not overlap
+/// `a` or `b`.
+unsafe fn product([m, n, k]: [usize; 3], (dst, a, b): (Destination, Operand, Operand), scale: f32) {
+    // SAFETY: forwarded from the caller; with `read_dst` false, `dst` is only written.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.0,
+            dst.1,
+            dst.2,
+            false,
+            a.0,
+            a.1,
+            a.2,
+            b.0,
+            b.1,
+            b.2,
+            0.0,
+            scale,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
 multiversion! {
-    fn softmax_rows(scores: &mut [f32], key_bias: &[f32]) = softmax_rows_portable;
+    fn bias_softmax_rows(scores: &mut [f32], key_bias: &[f32]) = bias_softmax_rows_portable;
 }
 
 multiversion! {
@@ -329,7 +419,7 @@ multiversion! {
 
 /// Each `[seq]` row: add the key bias, then softmax in place (zeros where every key is masked).
 #[inline(always)]
-fn softmax_rows_portable(scores: &mut [f32], key_bias: &[f32]) {
+fn bias_softmax_rows_portable(scores: &mut [f32], key_bias: &[f32]) {
     for row in scores.chunks_exact_mut(key_bias.len()) {
         row.iter_mut().zip(key_bias).for_each(|(s, &b)| *s += b);
         let top = math::max(row);
@@ -356,20 +446,7 @@ fn softmax_backward_rows_portable(
         d_scores.iter_mut().zip(mask).for_each(|(g, &m)| *g *= m);
     }
     for (g, p) in d_scores.chunks_exact_mut(seq).zip(probs.chunks_exact(seq)) {
-        let mut acc = [0.0f32; math::LANES];
-        let (g_chunks, p_chunks) = (g.chunks_exact(math::LANES), p.chunks_exact(math::LANES));
-        let tail: f32 = g_chunks
-            .remainder()
-            .iter()
-            .zip(p_chunks.remainder())
-            .map(|(a, b)| a * b)
-            .sum();
-        for (gc, pc) in g_chunks.zip(p_chunks) {
-            for l in 0..math::LANES {
-                acc[l] = gc[l].mul_add(pc[l], acc[l]);
-            }
-        }
-        let dot = acc.iter().sum::<f32>() + tail;
+        let dot = math::dot(g, p);
         g.iter_mut()
             .zip(p)
             .for_each(|(g, &p)| *g = scale * p * (*g - dot));

@@ -4,7 +4,7 @@ use rayon::prelude::*;
 
 use crate::Level;
 use crate::math;
-use crate::multiversion::{multiversion, rows_per_task};
+use crate::multiversion::{ELEMENTS_PER_TASK, multiversion, rows_per_task};
 
 /// LayerNorm's affine parameters and epsilon, one value per column.
 #[derive(Debug, Clone, Copy)]
@@ -170,10 +170,11 @@ pub fn layer_norm_backward_at(
         d_gamma.len() == width && d_beta.len() == width,
         "layer_norm: parameter gradient widths"
     );
-    let task_rows = rows_per_task(rows, width);
+    // Each task sums its rows' parameter gradients and the partial sums are added in task
+    // order. Tasks are a fixed number of rows (not split by thread count), so the sums are the
+    // same on any machine.
+    let task_rows = ELEMENTS_PER_TASK.div_ceil(width).max(1);
     let chunk = task_rows * width;
-    // Each task sums its rows' parameter gradients; the partial sums are added in task order,
-    // so the result does not depend on which thread ran what.
     let partials: Vec<Vec<f32>> = grad
         .par_chunks_mut(chunk)
         .zip(normalized.par_chunks(chunk))

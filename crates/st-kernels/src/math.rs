@@ -77,6 +77,26 @@ pub(crate) fn sum(v: &[f32]) -> f32 {
     fold_lanes(acc, |a, b| a + b) + tail
 }
 
+/// `Σ a·b` over two slices of one length, [`LANES`] accumulators.
+#[inline(always)]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "dot: lengths differ");
+    let mut acc = [0.0f32; LANES];
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = a_chunks
+        .remainder()
+        .iter()
+        .zip(b_chunks.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a_chunks.zip(b_chunks) {
+        for l in 0..LANES {
+            acc[l] = x[l].mul_add(y[l], acc[l]);
+        }
+    }
+    fold_lanes(acc, |a, b| a + b) + tail
+}
+
 /// Largest element (−∞ for an empty slice).
 #[inline(always)]
 pub(crate) fn max(v: &[f32]) -> f32 {
@@ -175,6 +195,9 @@ mod tests {
         assert_eq!(sum(&v), v.iter().sum::<f32>());
         assert_eq!(max(&v), 26.0);
         assert_eq!(max(&[]), f32::NEG_INFINITY);
+        let w: Vec<f32> = (0..37).map(|i| 0.5 - i as f32 / 8.0).collect();
+        let want: f32 = v.iter().zip(&w).map(|(a, b)| a * b).sum();
+        assert!((dot(&v, &w) - want).abs() < 1e-3);
         let mean = sum(&v) / 37.0;
         let want: f32 = v.iter().map(|x| (x - mean) * (x - mean)).sum();
         assert!((sum_sq_dev(&v, mean) - want).abs() < 1e-3);

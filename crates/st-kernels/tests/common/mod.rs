@@ -47,3 +47,8 @@ pub fn erf_f64(x: f64) -> f64 {
     }
     total * 2.0 / std::f64::consts::PI.sqrt()
 }
+
+/// Exact GELU in f64: `x/2 · (1 + erf(x/√2))`.
+pub fn gelu_f64(x: f64) -> f64 {
+    0.5 * x * (1.0 + erf_f64(x / std::f64::consts::SQRT_2))
+}
