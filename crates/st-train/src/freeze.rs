@@ -1,9 +1,32 @@
 //! What trains: freezing by group, and gradual unfreezing from the top (ULMFiT).
 
+use std::collections::HashSet;
+
+use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::tensor::Tensor;
+use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
 use crate::groups::ParamGroup;
+
+/// `model` with autodiff tracking exactly the `trainable` parameters. A frozen parameter then
+/// costs no backward at all: below the lowest trainable one, autodiff stops (a frozen backbone
+/// backpropagates into the heads only). Without it, autodiff computed every gradient and the
+/// optimizer merely left the frozen ones out.
+pub(crate) fn track_only<B: AutodiffBackend, M: Module<B>>(
+    model: M,
+    trainable: &HashSet<ParamId>,
+) -> M {
+    struct Track<'a>(&'a HashSet<ParamId>);
+    impl<B: AutodiffBackend> ModuleMapper<B> for Track<'_> {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let trains = self.0.contains(&param.id);
+            param.set_require_grad(trains)
+        }
+    }
+    model.map(&mut Track(trainable))
+}
 
 /// One freezing rule. In a config: `"none"`, `"all"`, `"backbone"`, `"embeddings"`,
 /// `"bottom:K"` (embeddings and the K lowest layers) or `"head:NAME"`.

@@ -24,6 +24,7 @@ use crate::checkpoint::{
 use crate::config::TrainConfig;
 use crate::data::{DataSpec, Example, load};
 use crate::evaluate::{evaluate, load_labelled, score};
+use crate::freeze::track_only;
 use crate::grads::{add_grad, grad_sq_norm, move_grad, scale_grad};
 use crate::groups::{ParamEntry, ParamGroup, build_groups, group_table, params};
 use crate::kinds::{Features, TaskKind, task_kind};
@@ -393,6 +394,11 @@ impl<'a, B: AutodiffEncoderBackend> Trainer<'a, B> {
                     .trains(&self.groups[g], self.layers, step, epoch)
             })
             .collect();
+        let tracked = trainable
+            .iter()
+            .flat_map(|&g| self.groups[g].params.iter().map(|p| p.id))
+            .collect();
+        let model = track_only(model, &tracked);
         let mut acc = StepGrads {
             grads: GradientsParams::new(),
             losses: Vec::new(),
