@@ -13,7 +13,7 @@ use burn::tensor::{
     TensorPrimitive,
 };
 use burn_flex::{Flex, FlexDevice, FlexTensor};
-use st_kernels::{AttentionShape, LayerNormParams, Qkv};
+use st_kernels::{AdamWStep, AttentionShape, LayerNormParams, Qkv};
 
 use crate::config::HiddenAct;
 use crate::fused::{AttentionSaved, EncoderBackend, LayerNormSaved};
@@ -291,6 +291,38 @@ impl EncoderBackend for Flex {
         );
         let vector = |v| FlexTensor::from_data(TensorData::new(v, [width]));
         [grad, vector(d_gamma), vector(d_beta)]
+    }
+
+    fn adamw_step(
+        mut param: FlexTensor,
+        grad: FlexTensor,
+        moments: Option<[FlexTensor; 2]>,
+        step: AdamWStep,
+    ) -> [FlexTensor; 3] {
+        let all_f32 = std::iter::once(&param)
+            .chain([&grad])
+            .chain(moments.iter().flatten())
+            .all(|t| t.dtype() == DType::F32);
+        if !all_f32 {
+            return crate::fused::adamw_step_composed::<Flex>(param, grad, moments, step);
+        }
+        let shape = param.shape();
+        let zeros = || {
+            FlexTensor::from_data(TensorData::new(
+                vec![0.0f32; shape.num_elements()],
+                shape.clone(),
+            ))
+        };
+        let [mut moment_1, mut moment_2] = moments.unwrap_or_else(|| [zeros(), zeros()]);
+        // In place where the optimizer holds the only reference (`f32_mut` copies otherwise).
+        st_kernels::adamw(
+            f32_mut(&mut param),
+            f32_slice(&exact(grad)),
+            f32_mut(&mut moment_1),
+            f32_mut(&mut moment_2),
+            step,
+        );
+        [param, moment_1, moment_2]
     }
 }
 

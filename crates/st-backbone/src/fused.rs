@@ -16,6 +16,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::{BoolTensor, FloatTensor};
 use burn::tensor::{Bool, DType, Shape, Tensor, TensorPrimitive};
 
+use st_kernels::AdamWStep;
+
 use crate::model::{BertIntermediate, BertSelfAttention, BertSelfOutput};
 
 /// A backend the BERT encoder runs on. Implement it with no methods (`impl EncoderBackend for
@@ -127,6 +129,44 @@ pub trait EncoderBackend: Backend {
     ) -> [FloatTensor<Self>; 3] {
         layer_norm_backward_composed(saved, gamma, grad)
     }
+
+    /// The optimizer's step for one parameter tensor (st-train's AdamW runs it on the
+    /// training backend's inner backend): `[param, moment_1, moment_2]` after the step, from
+    /// the parameter, its gradient and the moments before (`None` on the first step: zeros).
+    /// The default is tensor ops; a backend overrides it to update in one pass.
+    fn adamw_step(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        moments: Option<[FloatTensor<Self>; 2]>,
+        step: AdamWStep,
+    ) -> [FloatTensor<Self>; 3] {
+        adamw_step_composed::<Self>(param, grad, moments, step)
+    }
+}
+
+/// AdamW's step in tensor ops, for any backend: st-kernels' [`adamw`](st_kernels::adamw)
+/// formula (PyTorch's), element-wise on tensors of any shape.
+pub fn adamw_step_composed<B: Backend>(
+    param: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    moments: Option<[FloatTensor<B>; 2]>,
+    s: AdamWStep,
+) -> [FloatTensor<B>; 3] {
+    // Element-wise throughout, so the rank the tensors are read as does not matter.
+    let float = |t| Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(t));
+    let grad = float(grad);
+    let [moment_1, moment_2] = match moments {
+        Some(moments) => moments.map(float),
+        None => [grad.zeros_like(), grad.zeros_like()],
+    };
+    let moment_1 = moment_1 * s.beta_1 + grad.clone() * (1.0 - s.beta_1);
+    let moment_2 = moment_2 * s.beta_2 + grad.square() * (1.0 - s.beta_2);
+    let step_size = s.lr / (1.0 - s.beta_1.powi(s.time));
+    let inv_bias_2 = 1.0 / (1.0 - s.beta_2.powi(s.time)).sqrt();
+    let denominator = moment_2.clone().sqrt() * inv_bias_2 + s.epsilon;
+    let param =
+        float(param) * (1.0 - s.lr * s.weight_decay) - moment_1.clone() / denominator * step_size;
+    [param, moment_1, moment_2].map(|t| t.into_primitive().tensor())
 }
 
 /// What training's attention forward keeps for its backward.
@@ -235,9 +275,6 @@ pub fn dropout<B: EncoderBackend, const D: usize>(
         None => module.forward(x),
     }
 }
-
-#[cfg(feature = "tch")]
-impl<E: burn_tch::TchElement> EncoderBackend for burn_tch::LibTorch<E> {}
 
 #[cfg(feature = "wgpu")]
 impl EncoderBackend for burn_wgpu::Wgpu {}

@@ -57,6 +57,8 @@ mod config;
 mod distilbert;
 mod flex;
 mod fused;
+#[cfg(feature = "tch")]
+mod libtorch;
 mod model;
 mod mpnet;
 mod roberta;
@@ -68,13 +70,15 @@ use std::path::{Path, PathBuf};
 pub use atomic::{AtomicFile, write_atomic};
 pub use config::{Architecture, BertConfig, HiddenAct};
 pub use fused::{
-    AttentionSaved, AutodiffEncoderBackend, EncoderBackend, LayerNormSaved,
+    AttentionSaved, AutodiffEncoderBackend, EncoderBackend, LayerNormSaved, adamw_step_composed,
     attention_backward_composed, dropout, layer_norm_backward_composed,
 };
 pub use model::{
     BertAttention, BertEmbeddings, BertEncoder, BertInput, BertIntermediate, BertLayer, BertModel,
     BertOutput, BertPooler, BertSelfAttention, BertSelfOutput, Int8Linear, Int8Unsupported,
 };
+/// The settings of one optimizer step ([`EncoderBackend::adamw_step`]).
+pub use st_kernels::AdamWStep;
 pub use tokenizer::{BertTokenizer, Encoded, TokenBatch};
 pub use weights::{KEY_REMAPPING, find_weights, load_problems};
 

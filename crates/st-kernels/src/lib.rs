@@ -22,10 +22,12 @@
 //! - [`attention_train`] / [`attention_backward`]: self-attention with dropout on its
 //!   probabilities, token-major like [`attention`].
 //! - [`dropout_mask`]: a dropout mask from a counter-based hash (thread-count independent).
+//! - [`adamw`]: the optimizer's update of one parameter tensor, in place in one pass.
 //!
 //! [`linear_f32`], the fp32 projection (bias left to the kernel after it), runs the `gemm` crate's kernels, which pick their own
 //! instruction set at run time (`ST_KERNELS` does not reach them).
 
+mod adamw;
 mod attention;
 mod attention_train;
 mod bias;
@@ -38,6 +40,7 @@ mod linear;
 mod math;
 mod multiversion;
 
+pub use adamw::{AdamWStep, adamw, adamw_at};
 pub use attention::{AttentionShape, Qkv, ScoreBias, attention, attention_at};
 pub use attention_train::{
     attention_backward, attention_backward_at, attention_train, attention_train_at,

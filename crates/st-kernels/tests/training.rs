@@ -384,3 +384,53 @@ fn attention_backward_matches_finite_differences_at_every_level() {
         }
     }
 }
+
+#[test]
+fn adamw_matches_the_reference_over_several_steps_at_every_level() {
+    let settings = |time| st_kernels::AdamWStep {
+        lr: 1e-3,
+        beta_1: 0.9,
+        beta_2: 0.999,
+        epsilon: 1e-8,
+        weight_decay: 0.01,
+        time,
+    };
+    for n in [1, 17, 40_000] {
+        let param0 = random(n, 21, 1.0);
+        // Gradients of every size, zeros included (the moments' zero start must hold up).
+        let grads: Vec<Vec<f32>> = (0..3)
+            .map(|s| {
+                random(n, 22 + s, 0.1)
+                    .iter()
+                    .map(|g| g * (s as f32))
+                    .collect()
+            })
+            .collect();
+        let mut want: Vec<[f64; 3]> = param0.iter().map(|&p| [p as f64, 0.0, 0.0]).collect();
+        for (t, grad) in grads.iter().enumerate() {
+            let s = settings(t as i32 + 1);
+            let (b1, b2) = (s.beta_1 as f64, s.beta_2 as f64);
+            let (lr, t) = (s.lr as f64, t as i32 + 1);
+            for ([p, m, v], &g) in want.iter_mut().zip(grad) {
+                let g = g as f64;
+                *m = b1 * *m + (1.0 - b1) * g;
+                *v = b2 * *v + (1.0 - b2) * g * g;
+                let m_hat = *m / (1.0 - b1.powi(t));
+                let v_hat = *v / (1.0 - b2.powi(t));
+                *p = *p * (1.0 - lr * s.weight_decay as f64)
+                    - lr * m_hat / (v_hat.sqrt() + s.epsilon as f64);
+            }
+        }
+        for level in levels() {
+            let (mut p, mut m, mut v) = (param0.clone(), vec![0.0; n], vec![0.0; n]);
+            for (t, grad) in grads.iter().enumerate() {
+                st_kernels::adamw_at(level, &mut p, grad, &mut m, &mut v, settings(t as i32 + 1));
+            }
+            let column = |k: usize| -> Vec<f64> { want.iter().map(|w| w[k]).collect() };
+            let what = |name| format!("adamw {name}, {n} elements, at {level}");
+            assert_close(&p, &column(0), 1e-6, &what("parameter"));
+            assert_close(&m, &column(1), 1e-6, &what("first moment"));
+            assert_close(&v, &column(2), 1e-6, &what("second moment"));
+        }
+    }
+}

@@ -29,6 +29,7 @@
 //! and gradient clipping by the *global* norm (burn's `GradientClipping::Norm` clips each tensor
 //! on its own, so st-train does not use it).
 
+pub mod adamw;
 pub mod batch;
 pub mod checkpoint;
 pub mod config;

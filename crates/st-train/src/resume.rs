@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use burn::module::Module;
+use burn::optim::Optimizer;
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{AdamW, Optimizer};
 use burn::record::Recorder as _;
 use serde::{Deserialize, Serialize};
 use st_backbone::AutodiffEncoderBackend;
@@ -14,7 +14,9 @@ use st_heads::MultiTaskModel;
 use st_runlog::Metrics;
 
 use crate::TrainError;
+use crate::adamw::AdamW;
 use crate::checkpoint::RESUME_STATE;
+use crate::config::TrainConfig;
 use crate::weighting::LossWeighter;
 
 /// Everything besides weights, optimizer moments and the loss weighter's state that a resumed
@@ -51,6 +53,18 @@ pub(crate) type ModelOptimizer<B> = OptimizerAdaptor<AdamW, MultiTaskModel<B>, B
 pub(crate) struct Optimizers<B: AutodiffEncoderBackend> {
     pub decay: ModelOptimizer<B>,
     pub plain: ModelOptimizer<B>,
+}
+
+impl<B: AutodiffEncoderBackend> Optimizers<B> {
+    /// Fresh optimizers with the config's settings (a checkpoint's records hold moments and
+    /// step counts, not settings: a resumed run builds these, then loads the records).
+    pub fn new(config: &TrainConfig) -> Self {
+        let adamw = |decay| AdamW::new(config.adam_epsilon, decay).init();
+        Self {
+            decay: adamw(config.weight_decay),
+            plain: adamw(0.0),
+        }
+    }
 }
 
 /// Writes resume state into the empty folder `dir`.

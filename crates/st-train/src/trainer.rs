@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use burn::module::AutodiffModule;
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::{ElementConversion, Tensor};
 use st_backbone::{AutodiffEncoderBackend, EncoderBackend};
 use st_heads::{HeadSpec, MultiTaskModel};
@@ -169,11 +169,6 @@ impl<'a, B: AutodiffEncoderBackend> Trainer<'a, B> {
         let log = RunLog::open(folder.path(), resumed.as_ref().map(|s| s.log_bytes))?;
         let steps_per_epoch = steps_per_epoch(config, &sources);
         let total = config.max_steps.unwrap_or(steps_per_epoch * config.epochs);
-        let adamw = |decay: f64| {
-            AdamWConfig::new()
-                .with_epsilon(config.adam_epsilon as f32)
-                .with_weight_decay(decay as f32)
-        };
         let mut trainer = Self {
             config,
             device: device.clone(),
@@ -196,10 +191,7 @@ impl<'a, B: AutodiffEncoderBackend> Trainer<'a, B> {
             test,
             groups,
             layers,
-            opts: Optimizers {
-                decay: adamw(config.weight_decay).init(),
-                plain: adamw(0.0).init(),
-            },
+            opts: Optimizers::new(config),
             folder,
             log,
             schedule: Schedule {
@@ -234,13 +226,7 @@ impl<'a, B: AutodiffEncoderBackend> Trainer<'a, B> {
                 self.sources.len()
             )));
         }
-        let fresh = std::mem::replace(
-            &mut self.opts,
-            Optimizers {
-                decay: AdamWConfig::new().init(),
-                plain: AdamWConfig::new().init(),
-            },
-        );
+        let fresh = std::mem::replace(&mut self.opts, Optimizers::new(self.config));
         let (model, opts) = resume::load(&dir, &self.device, model, fresh, self.weighter.as_mut())?;
         self.opts = opts;
         for (s, (source, &(cursor, pass))) in
