@@ -32,9 +32,11 @@ impl<E: TchElement> EncoderBackend for LibTorch<E> {
                 keep as f32,
                 f32_mut(&mut mask),
             );
-        } else {
+        } else if keep > 0.0 {
             let _ = mask.tensor.bernoulli_float_(keep);
             let _ = mask.tensor.g_mul_scalar_(1.0 / keep);
+        } else {
+            let _ = mask.tensor.zero_();
         }
         Some(mask)
     }
@@ -49,7 +51,7 @@ impl<E: TchElement> EncoderBackend for LibTorch<E> {
         let [q, k, v] = qkv.each_ref().map(|t| shape.split(&t.tensor));
         let mut scores = q.matmul(&k.transpose(-2, -1));
         let _ = scores.g_mul_scalar_(shape.scale());
-        let padding = key_padding.tensor.view([shape.batch, 1, 1, shape.seq]);
+        let padding = key_padding.tensor.reshape([shape.batch, 1, 1, shape.seq]);
         let _ = scores.masked_fill_(&padding, f64::NEG_INFINITY);
         let probs = scores.softmax(-1, scores.kind());
         let mask = (prob > 0.0)
@@ -110,6 +112,8 @@ impl<E: TchElement> EncoderBackend for LibTorch<E> {
         // backward needs; γ and β follow in one pass.
         let (normalized, _mean, inv_std) =
             sum.native_layer_norm([width], None::<Tensor>, None, eps);
+        // Half floats get `1/σ` in f32 (libtorch's accumulation type): keep the input's.
+        let inv_std = inv_std.to_kind(normalized.kind());
         let y = beta.tensor.addcmul(&normalized, &gamma.tensor);
         let saved = LayerNormSaved {
             normalized: TchTensor::new(normalized),
@@ -180,7 +184,7 @@ impl HeadShape {
 
     /// `[batch, seq, hidden]` → `[batch, heads, seq, head_dim]` (a view).
     fn split(&self, t: &Tensor) -> Tensor {
-        t.view([self.batch, self.seq, self.heads, self.head_dim])
+        t.reshape([self.batch, self.seq, self.heads, self.head_dim])
             .transpose(1, 2)
     }
 
@@ -188,7 +192,7 @@ impl HeadShape {
     fn merge(&self, t: &Tensor) -> Tensor {
         t.transpose(1, 2)
             .contiguous()
-            .view([self.batch, self.seq, self.heads * self.head_dim])
+            .reshape([self.batch, self.seq, self.heads * self.head_dim])
     }
 }
 
@@ -202,12 +206,16 @@ fn writable(t: TchTensor) -> TchTensor {
     }
 }
 
-/// The address of a contiguous f32 CPU tensor's `numel` values.
+/// The address of a contiguous f32 CPU tensor's `numel` values (dangling, never null, when
+/// there are none: libtorch allocates nothing for them).
 fn f32_data(t: &Tensor) -> *mut f32 {
     assert!(
         t.kind() == Kind::Float && t.device() == tch::Device::Cpu && t.is_contiguous(),
         "a contiguous f32 CPU tensor"
     );
+    if t.numel() == 0 {
+        return std::ptr::NonNull::dangling().as_ptr();
+    }
     t.data_ptr() as *mut f32
 }
 

@@ -43,8 +43,8 @@ macro_rules! on_each_backend {
 on_each_backend! {
     fused_training_nodes_give_the_composed_outputs_and_gradients,
     libtorch_training_nodes_give_the_composed_outputs_and_gradients => check_training_nodes;
-    layer_norm_kernel_backward_matches_the_composed_one,
-    libtorch_layer_norm_backward_matches_the_composed_one => check_layer_norm_backward;
+    layer_norm_kernel_matches_the_composed_ops,
+    libtorch_layer_norm_matches_the_composed_ops => check_layer_norm;
     dropout_in_training_keeps_its_share_scaled_and_is_reproducible,
     libtorch_dropout_keeps_its_share_scaled_and_is_reproducible => check_dropout;
     attention_kernel_backward_matches_the_composed_one,
@@ -171,21 +171,34 @@ fn random<B: Backend>(shape: [usize; 2]) -> FloatTensor<B> {
         .tensor()
 }
 
-fn check_layer_norm_backward<B: EncoderBackend>() {
+/// The residual + LayerNorm hook's forward against burn's tensor ops, and its backward against
+/// the composed one.
+fn check_layer_norm<B: EncoderBackend>() {
     let _rng = rng_lock();
     B::seed(&Default::default(), 10);
     let [rows, width] = [37, 45];
+    let eps = 1e-12;
     let flat = |t| B::float_reshape(t, [width].into());
     let (gamma, beta) = (flat(random::<B>([1, width])), flat(random::<B>([1, width])));
+    let (x, residual) = (random::<B>([rows, width]), random::<B>([rows, width]));
     let (y, saved) = B::residual_layer_norm(
-        random::<B>([rows, width]),
-        random::<B>([rows, width]),
+        x.clone(),
+        residual.clone(),
         gamma.clone(),
-        beta,
-        1e-12,
+        beta.clone(),
+        eps,
     )
     .expect("the backend has a LayerNorm kernel");
-    assert_eq!(values::<B>(y).len(), rows * width);
+    let float = |t| Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(t));
+    let sum = float(x) + float(residual);
+    let centered = sum.clone() - sum.mean_dim(1);
+    let inv_std = (centered.clone().square().mean_dim(1) + eps).sqrt().recip();
+    let normalized = centered * inv_std.clone();
+    let want_y = normalized.clone() * float(gamma.clone()).reshape([1, width])
+        + float(beta).reshape([1, width]);
+    let forward = [y, saved.normalized.clone(), saved.inv_std.clone()];
+    let want = [want_y, normalized, inv_std].map(|t| t.into_primitive().tensor());
+    assert_all_close::<B, 3>(forward, want, ["y", "x̂", "1/σ"], "layer norm forward");
     let grad = random::<B>([rows, width]);
     let kernel = B::residual_layer_norm_backward(saved.clone(), gamma.clone(), grad.clone());
     let composed = st_backbone::layer_norm_backward_composed::<B>(saved, gamma, grad);
@@ -302,14 +315,10 @@ fn check_adamw_step<B: EncoderBackend>() {
     let moments = [moments[0].clone(), B::float_abs(moments[1].clone())];
     for (time, with_moments) in [(1, false), (5, true)] {
         let grad = random::<B>(shape);
-        let given = with_moments.then(|| moments.each_ref().map(copy));
-        let kernel = B::adamw_step(copy(&param), copy(&grad), given.clone(), step(time));
-        let composed = st_backbone::adamw_step_composed::<B>(
-            copy(&param),
-            copy(&grad),
-            given.map(|m| m.each_ref().map(copy)),
-            step(time),
-        );
+        let given = || with_moments.then(|| moments.each_ref().map(copy));
+        let composed =
+            st_backbone::adamw_step_composed::<B>(copy(&param), copy(&grad), given(), step(time));
+        let kernel = B::adamw_step(copy(&param), copy(&grad), given(), step(time));
         let what = format!("adamw at step {time}");
         assert_all_close::<B, 3>(kernel, composed, ["param", "moment 1", "moment 2"], &what);
     }
@@ -340,13 +349,15 @@ fn values<B: Backend>(t: FloatTensor<B>) -> Vec<f32> {
         .unwrap()
 }
 
+/// The largest `|a − b|`; NaN if any difference is (`f32::max` alone would skip it).
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).fold(0.0f32, |m, (x, y)| {
-        if (x - y).is_nan() {
+        let d = (x - y).abs();
+        if m.is_nan() || d.is_nan() {
             f32::NAN
         } else {
-            m.max((x - y).abs())
+            m.max(d)
         }
     })
 }
