@@ -294,14 +294,7 @@ fn check_adamw_step<B: EncoderBackend>() {
     let _rng = rng_lock();
     B::seed(&Default::default(), 12);
     let shape = [37, 45];
-    let step = |time| AdamWStep {
-        lr: 1e-3,
-        beta_1: 0.9,
-        beta_2: 0.999,
-        epsilon: 1e-8,
-        weight_decay: 0.01,
-        time,
-    };
+    let step = |time| AdamWStep::new(1e-3, 1e-8, 0.01, time);
     // Independent copies, so the kernel may write its inputs in place.
     let copy = |t: &FloatTensor<B>| {
         let data = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(t.clone())).into_data();

@@ -26,6 +26,20 @@ pub struct AdamWStep {
     pub time: i32,
 }
 
+impl AdamWStep {
+    /// A step with PyTorch's default β = (0.9, 0.999).
+    pub fn new(lr: f32, epsilon: f32, weight_decay: f32, time: i32) -> Self {
+        Self {
+            lr,
+            beta_1: 0.9,
+            beta_2: 0.999,
+            epsilon,
+            weight_decay,
+            time,
+        }
+    }
+}
+
 /// The per-step constants of the update.
 #[derive(Debug, Clone, Copy)]
 struct Coefficients {

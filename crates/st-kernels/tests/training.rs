@@ -387,14 +387,7 @@ fn attention_backward_matches_finite_differences_at_every_level() {
 
 #[test]
 fn adamw_matches_the_reference_over_several_steps_at_every_level() {
-    let settings = |time| st_kernels::AdamWStep {
-        lr: 1e-3,
-        beta_1: 0.9,
-        beta_2: 0.999,
-        epsilon: 1e-8,
-        weight_decay: 0.01,
-        time,
-    };
+    let settings = |time| st_kernels::AdamWStep::new(1e-3, 1e-8, 0.01, time);
     for n in [1, 17, 40_000] {
         let param0 = random(n, 21, 1.0);
         // Gradients of every size, zeros included (the moments' zero start must hold up).

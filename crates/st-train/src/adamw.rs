@@ -9,7 +9,8 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorPrimitive};
 use st_backbone::{AdamWStep, EncoderBackend};
 
-/// AdamW (PyTorch's `torch.optim.AdamW`: decoupled weight decay, β = (0.9, 0.999)).
+/// AdamW (PyTorch's `torch.optim.AdamW`: decoupled weight decay, β = (0.9, 0.999), as
+/// [`AdamWStep::new`]).
 #[derive(Debug, Clone, Copy)]
 pub struct AdamW {
     epsilon: f32,
@@ -45,14 +46,8 @@ impl<B: EncoderBackend> SimpleOptimizer<B> for AdamW {
     ) -> (Tensor<B, D>, Option<Self::State<D>>) {
         let time = state.as_ref().map_or(1, |s| s.momentum.time + 1);
         let moments = state.map(|s| [s.momentum.moment_1, s.momentum.moment_2].map(primitive));
-        let step = AdamWStep {
-            lr: lr as f32,
-            beta_1: 0.9,
-            beta_2: 0.999,
-            epsilon: self.epsilon,
-            weight_decay: self.weight_decay,
-            time: i32::try_from(time).expect("fewer than 2^31 optimizer steps"),
-        };
+        let exponent = i32::try_from(time).expect("fewer than 2^31 optimizer steps");
+        let step = AdamWStep::new(lr as f32, self.epsilon, self.weight_decay, exponent);
         let [param, moment_1, moment_2] =
             B::adamw_step(primitive(tensor), primitive(grad), moments, step)
                 .map(|t| Tensor::from_primitive(TensorPrimitive::Float(t)));
