@@ -24,8 +24,10 @@
 //! - [`predict`]: labels, tags and similarities from a trained model.
 //!
 //! burn 0.21's optimizer takes one learning rate per `step`; st-train splits the gradients by
-//! group and steps each group with its own rate, sharing one optimizer state. AdamW is set to
-//! PyTorch's meaning: epsilon 1e-8, decoupled weight decay 0.01 (none on biases and LayerNorm),
+//! group and steps each group with its own rate, sharing one optimizer state. [`adamw::AdamW`]
+//! has PyTorch's meaning and runs the backend's one-pass update
+//! (`EncoderBackend::adamw_step`): epsilon 1e-8, decoupled weight decay 0.01 (none on biases
+//! and LayerNorm),
 //! and gradient clipping by the *global* norm (burn's `GradientClipping::Norm` clips each tensor
 //! on its own, so st-train does not use it).
 
