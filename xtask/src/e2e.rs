@@ -32,17 +32,18 @@ const STS_TARGET: (f64, f64) = (82.03, 0.1);
 
 /// Accuracy floors (task `topic` = TREC coarse question type, `sentiment` = SST-2) for the short
 /// run below. Measured with this exact config (then the freezing table's first row, now
-/// docs/experiments/multitask-vs-single/3-together-80.toml; tch backend, 2026-11-26): seed 42 topic 0.926, sentiment 0.789; over seeds 42–44 topic
-/// 0.926 ± 0.004, sentiment 0.795 ± 0.011 (on 800 test sentences). The floors sit ~5 points
+/// docs/experiments/multitask-vs-single/3-together-80.toml; tch backend, 2026-11-26): seed 42
+/// topic 0.926, sentiment 0.789; over seeds 42–44 topic 0.926 ± 0.004, sentiment 0.795 ± 0.011
+/// (on 800 test sentences). The floors sit ~5 points
 /// below seed 42, 3+ standard deviations: a broken optimizer, head or data path lands far below
 /// them, float noise between backends does not.
 const FLOORS: [(&str, f64); 2] = [("topic", 0.876), ("sentiment", 0.739)];
 
-/// The short multi-task run: 1,500 examples of each task, 80 steps of 32, 48 tokens (the same
-/// config as docs/experiments/multitask-vs-single/3-together-80.toml).
 /// The datasets the journey reads.
 pub const DATASETS: &[&str] = &["stsb", "trec", "sst2", "snips"];
 
+/// The short multi-task run: 1,500 examples of each task, 80 steps of 32, 48 tokens (the same
+/// config as docs/experiments/multitask-vs-single/3-together-80.toml).
 fn train_config(datasets: &Path, model: &Path, out: &Path) -> String {
     format!(
         r#"model = "{model}"

@@ -27,9 +27,8 @@
 //! group and steps each group with its own rate, sharing one optimizer state. [`adamw::AdamW`]
 //! has PyTorch's meaning and runs the backend's one-pass update
 //! (`EncoderBackend::adamw_step`): epsilon 1e-8, decoupled weight decay 0.01 (none on biases
-//! and LayerNorm),
-//! and gradient clipping by the *global* norm (burn's `GradientClipping::Norm` clips each tensor
-//! on its own, so st-train does not use it).
+//! and LayerNorm), and gradient clipping by the *global* norm (burn's
+//! `GradientClipping::Norm` clips each tensor on its own, so st-train does not use it).
 
 pub mod adamw;
 pub mod batch;
